@@ -1,0 +1,257 @@
+"""The cascade engine: run items through stages cheap to expensive, batch-first.
+
+Each stage answers every item still active; its rule's accept mask decides which items
+it answers, the rest go on. The last stage answers whatever reaches it. Cost and latency
+are cumulative: every stage that ran for an item is paid for and waited on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tiered.core.answers import AnswerBatch
+from tiered.core.costs import CostModel, RecordedCost
+from tiered.core.items import Item, as_items
+from tiered.core.model import Model
+from tiered.core.rules import Always, DeferralRule, RuleContext
+from tiered.core.signals import available_signals, read_signal
+from tiered.errors import ConfigError, ModelError
+
+
+@dataclass
+class Stage:
+    """A model, what a call costs, and when to trust its answer."""
+
+    name: str
+    model: Model
+    rule: DeferralRule = field(default_factory=Always)
+    cost: CostModel = field(default_factory=RecordedCost)
+
+
+@dataclass(slots=True)
+class StageStep:
+    """What one stage did for the items that reached it (positions in the input batch)."""
+
+    stage: str
+    indices: np.ndarray
+    answers: AnswerBatch
+    cost: np.ndarray
+    accepted: np.ndarray
+
+
+@dataclass(slots=True)
+class StepTrace:
+    stage: str
+    label: str | None
+    signals: dict[str, float]
+    cost: float
+    latency_ms: float
+    accepted: bool
+
+
+@dataclass(slots=True)
+class Decision:
+    """The cascade's answer for one item, with the trace of every stage that ran."""
+
+    id: str
+    label: str | None
+    stage: str
+    stage_index: int
+    cost: float
+    latency_ms: float
+    confidence: dict[str, float]
+    trace: list[StepTrace]
+    quality: float | None = None
+
+
+class CascadeResult:
+    """Columnar result of ``Cascade.run``; index it for per-item :class:`Decision` s."""
+
+    def __init__(
+        self,
+        ids: list[str],
+        stage_names: list[str],
+        steps: list[StageStep],
+        answered_by: np.ndarray,
+        labels: list[str | None],
+        cost: np.ndarray,
+        latency_ms: np.ndarray,
+        quality: np.ndarray,
+    ) -> None:
+        self.ids = ids
+        self.stage_names = stage_names
+        self.steps = steps
+        self.answered_by = answered_by
+        self.labels = labels
+        self.cost = cost
+        self.latency_ms = latency_ms
+        self.quality = quality
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, i: int) -> Decision:
+        trace: list[StepTrace] = []
+        for step in self.steps:
+            pos = int(np.searchsorted(step.indices, i))
+            if pos >= len(step.indices) or step.indices[pos] != i:
+                continue
+            a = step.answers
+            signals = {}
+            for name in available_signals(a):
+                v = float(read_signal(a.take(np.array([pos])), name)[0])
+                if not math.isnan(v):
+                    signals[name] = v
+            trace.append(
+                StepTrace(
+                    stage=step.stage,
+                    label=a.labels[pos],
+                    signals=signals,
+                    cost=float(step.cost[pos]),
+                    latency_ms=float(a.latency_ms[pos]),
+                    accepted=bool(step.accepted[pos]),
+                )
+            )
+        k = int(self.answered_by[i])
+        q = float(self.quality[i])
+        return Decision(
+            id=self.ids[i],
+            label=self.labels[i],
+            stage=self.stage_names[k],
+            stage_index=k,
+            cost=float(self.cost[i]),
+            latency_ms=float(self.latency_ms[i]),
+            confidence=trace[-1].signals if trace else {},
+            trace=trace,
+            quality=None if math.isnan(q) else q,
+        )
+
+    def decisions(self) -> list[Decision]:
+        return list(self)
+
+    def stage_share(self) -> dict[str, float]:
+        """Share of items each stage answered."""
+        n = max(len(self), 1)
+        counts = np.bincount(self.answered_by, minlength=len(self.stage_names))
+        return {name: float(c) / n for name, c in zip(self.stage_names, counts, strict=True)}
+
+    def mean_cost(self) -> float:
+        return float(self.cost.mean()) if len(self) else 0.0
+
+    def mean_quality(self) -> float:
+        """Mean known quality (NaN where no stage reported one)."""
+        return float(np.nanmean(self.quality)) if np.isfinite(self.quality).any() else math.nan
+
+
+# A stage request: the cascade asks the runner for answers of `stage` on `items`.
+_Request = tuple[Stage, list[Item]]
+
+
+class Cascade:
+    """An ordered list of stages, cheap to expensive; the last one always answers."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        if not stages:
+            raise ConfigError("a cascade needs at least one stage", field="stages")
+        names = [s.name for s in stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"stage names must be unique; repeated: {dupes}", field="stages")
+        self.stages = list(stages)
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def run(self, items: Sequence[Item | str]) -> CascadeResult:
+        """Answer every item; models are called once per stage on the items still open."""
+        driver = self._drive(as_items(items))
+        try:
+            stage, batch = next(driver)
+            while True:
+                stage, batch = driver.send(stage.model.predict(batch))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def arun(self, items: Sequence[Item | str]) -> CascadeResult:
+        """As :meth:`run`, awaiting models that implement ``apredict``."""
+        driver = self._drive(as_items(items))
+        try:
+            stage, batch = next(driver)
+            while True:
+                apredict = getattr(stage.model, "apredict", None)
+                answers = await apredict(batch) if apredict else stage.model.predict(batch)
+                stage, batch = driver.send(answers)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def run_one(self, item: Item | str) -> Decision:
+        return self.run([item])[0]
+
+    def _drive(self, items: list[Item]) -> Generator[_Request, AnswerBatch, CascadeResult]:
+        n = len(items)
+        answered_by = np.full(n, len(self.stages) - 1, dtype=np.int64)
+        labels = np.full(n, None, dtype=object)
+        cost = np.zeros(n)
+        latency = np.zeros(n)
+        quality = np.full(n, np.nan)
+        steps: list[StageStep] = []
+        earlier_labels: dict[str, np.ndarray] = {}
+        active = np.arange(n)
+        last = len(self.stages) - 1
+        for k, stage in enumerate(self.stages):
+            if active.size == 0:
+                break
+            batch = [items[i] for i in active.tolist()]
+            answers = yield (stage, batch)
+            if len(answers) != active.size:
+                raise ModelError(
+                    f"model of stage '{stage.name}' returned {len(answers)} answers "
+                    f"for {active.size} items"
+                )
+            paid = stage.cost.cost(answers)
+            cost[active] += paid
+            latency[active] += np.nan_to_num(answers.latency_ms)
+            if k == last:
+                accepted = np.ones(active.size, dtype=bool)
+            else:
+                ctx = RuleContext(
+                    stage_name=stage.name,
+                    stage_index=k,
+                    items=batch,
+                    earlier={name: lab[active] for name, lab in earlier_labels.items()},
+                )
+                accepted = stage.rule(answers, ctx)
+            steps.append(StageStep(stage.name, active, answers, paid, accepted))
+            mine = np.empty(active.size, dtype=object)
+            mine[:] = answers.labels
+            done = active[accepted]
+            answered_by[done] = k
+            labels[done] = mine[accepted]
+            if answers.quality is not None:
+                quality[done] = answers.quality[accepted]
+            if k < last:
+                full = np.full(n, None, dtype=object)
+                full[active] = mine
+                earlier_labels[stage.name] = full
+            active = active[~accepted]
+        return CascadeResult(
+            ids=[it.id for it in items],
+            stage_names=self.stage_names,
+            steps=steps,
+            answered_by=answered_by,
+            labels=labels.tolist(),
+            cost=cost,
+            latency_ms=latency,
+            quality=quality,
+        )
+
+
+__all__ = ["Cascade", "CascadeResult", "Decision", "Stage", "StageStep", "StepTrace"]

@@ -1,0 +1,279 @@
+"""Deferral rules: given a stage's answers, which items does the stage answer?
+
+Every rule returns a boolean *accept* mask; items not accepted are passed on to the
+next stage. Rules are pydantic models with a ``kind`` tag, so they round-trip through
+YAML (``rule.to_dict()`` / :func:`parse_rule`) and compose (``AllOf``, ``AnyOf``,
+``Not``). Other packages add rule kinds by subclassing :class:`DeferralRule` with a new
+``kind`` literal; the registry picks them up.
+
+An answer of ``None`` (no usable answer) is never accepted, and a missing signal (NaN)
+defers: when in doubt, pass on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SerializeAsAny, model_validator
+
+from tiered.core.answers import AnswerBatch
+from tiered.core.items import Item
+from tiered.core.signals import higher_is_confident, read_signal
+from tiered.errors import ConfigError
+
+
+@dataclass(slots=True)
+class RuleContext:
+    """What a rule may look at besides the stage's own answers.
+
+    ``earlier`` maps each earlier stage's name to its labels for the same items, in the
+    same order (``None`` where that stage gave no answer or did not run).
+    """
+
+    stage_name: str
+    stage_index: int
+    items: Sequence[Item] = ()
+    earlier: Mapping[str, Sequence[str | None]] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, type[DeferralRule]] = {}
+
+
+class DeferralRule(BaseModel):
+    """Base class of all rules. Subclasses set ``kind`` and implement ``accept``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: str
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        kind_field = cls.model_fields.get("kind")
+        default = None if kind_field is None else kind_field.default
+        if isinstance(default, str):
+            _REGISTRY[default] = cls
+
+    def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+        raise NotImplementedError
+
+    def signals_needed(self) -> set[str]:
+        """Names of the confidence signals this rule reads."""
+        return set()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def __call__(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+        mask = np.asarray(self.accept(answers, ctx), dtype=bool)
+        return mask & answers.answered
+
+
+def parse_rule(spec: DeferralRule | Mapping[str, Any]) -> DeferralRule:
+    """Build a rule from its dict form (``{"kind": "threshold", ...}``)."""
+    if isinstance(spec, DeferralRule):
+        return spec
+    if not isinstance(spec, Mapping) or "kind" not in spec:
+        raise ConfigError(f"a rule must be a mapping with a 'kind'; got {spec!r}", field="rule")
+    kind = spec["kind"]
+    cls = _REGISTRY.get(kind)
+    if cls is None:
+        raise ConfigError(
+            f"unknown rule kind '{kind}'; known kinds: {', '.join(sorted(_REGISTRY))}",
+            field="rule.kind",
+        )
+    return cls.model_validate(dict(spec))
+
+
+AnyRule = Annotated[SerializeAsAny[DeferralRule], BeforeValidator(parse_rule)]
+
+
+class Always(DeferralRule):
+    """Accept every usable answer (the last stage's rule)."""
+
+    kind: Literal["always"] = "always"
+
+    def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+        return np.ones(len(answers), dtype=bool)
+
+
+class Never(DeferralRule):
+    """Pass every item on (a stage that only feeds later stages' agreement checks)."""
+
+    kind: Literal["never"] = "never"
+
+    def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+        return np.zeros(len(answers), dtype=bool)
+
+
+class Threshold(DeferralRule):
+    """Accept when the signal is at or above ``threshold`` (at or below for ``entropy``)."""
+
+    kind: Literal["threshold"] = "threshold"
+    signal: str
+    threshold: float
+    direction: Literal["above", "below"] | None = None
+
+    @property
+    def accepts_above(self) -> bool:
+        if self.direction is None:
+            return higher_is_confident(self.signal)
+        return self.direction == "above"
+
+    def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+        s = read_signal(answers, self.signal)
+        with np.errstate(invalid="ignore"):
+            return s >= self.threshold if self.accepts_above else s <= self.threshold
+
+    def signals_needed(self) -> set[str]:
+        return {self.signal}
+
+
+class Window(DeferralRule):
+    """Pass on only items whose signal lies in ``[lo, hi]``, near the decision boundary."""
+
+    kind: Literal["window"] = "window"
+    signal: str
+    lo: float
+    hi: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Window:
+        if self.lo > self.hi:
+            raise ValueError(f"window needs lo <= hi; got lo={self.lo}, hi={self.hi}")
+        return self
+
+    def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+        s = read_signal(answers, self.signal)
+        with np.errstate(invalid="ignore"):
+            return (s < self.lo) | (s > self.hi)
+
+    def signals_needed(self) -> set[str]:
+        return {self.signal}
+
+
+class Vote(DeferralRule):
+    """Accept when at least ``min_share`` of the k samples equal their majority answer."""
+
+    kind: Literal["vote"] = "vote"
+    min_share: float
+
+    def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return read_signal(answers, "vote") >= self.min_share
+
+    def signals_needed(self) -> set[str]:
+        return {"vote"}
+
+
+class Agreement(DeferralRule):
+    """Accept when this stage's answer equals an earlier stage's answer.
+
+    ``stages`` names the earlier stages to compare with (all earlier ones when empty);
+    ``min_agree`` is how many of them must agree.
+    """
+
+    kind: Literal["agreement"] = "agreement"
+    stages: list[str] = []
+    min_agree: int = 1
+    casefold: bool = True
+
+    def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+        names = self.stages or list(ctx.earlier)
+        unknown = [s for s in names if s not in ctx.earlier]
+        if unknown:
+            raise ConfigError(
+                f"agreement rule of stage '{ctx.stage_name}' names {unknown}, which are not "
+                f"earlier stages; earlier stages: {list(ctx.earlier)}",
+                field="rule.stages",
+            )
+        n = len(answers)
+        if not names:
+            return np.zeros(n, dtype=bool)
+
+        def norm(x: str | None) -> str | None:
+            if x is None:
+                return None
+            x = x.strip()
+            return x.casefold() if self.casefold else x
+
+        mine = [norm(x) for x in answers.labels]
+        agree = np.zeros(n, dtype=int)
+        for name in names:
+            other = ctx.earlier[name]
+            agree += np.fromiter(
+                (m is not None and m == norm(o) for m, o in zip(mine, other, strict=True)),
+                dtype=bool,
+                count=n,
+            )
+        return agree >= self.min_agree
+
+
+class AllOf(DeferralRule):
+    """Accept when every inner rule accepts."""
+
+    kind: Literal["all_of"] = "all_of"
+    rules: list[AnyRule]
+
+    def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+        mask = np.ones(len(answers), dtype=bool)
+        for r in self.rules:
+            mask &= r(answers, ctx)
+        return mask
+
+    def signals_needed(self) -> set[str]:
+        return set().union(*(r.signals_needed() for r in self.rules))
+
+
+class AnyOf(DeferralRule):
+    """Accept when any inner rule accepts."""
+
+    kind: Literal["any_of"] = "any_of"
+    rules: list[AnyRule]
+
+    def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+        mask = np.zeros(len(answers), dtype=bool)
+        for r in self.rules:
+            mask |= r(answers, ctx)
+        return mask
+
+    def signals_needed(self) -> set[str]:
+        return set().union(*(r.signals_needed() for r in self.rules))
+
+
+class Not(DeferralRule):
+    """Accept what the inner rule passes on."""
+
+    kind: Literal["not"] = "not"
+    rule: AnyRule
+
+    def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+        return ~self.rule(answers, ctx)
+
+    def signals_needed(self) -> set[str]:
+        return self.rule.signals_needed()
+
+
+def rule_kinds() -> list[str]:
+    """Every registered rule kind."""
+    return sorted(_REGISTRY)
+
+
+__all__ = [
+    "Agreement",
+    "AllOf",
+    "Always",
+    "AnyOf",
+    "AnyRule",
+    "DeferralRule",
+    "Never",
+    "Not",
+    "RuleContext",
+    "Threshold",
+    "Vote",
+    "Window",
+    "parse_rule",
+    "rule_kinds",
+]
