@@ -127,3 +127,24 @@ def test_stage_names_must_be_unique() -> None:
     m = FakeModel("m", lambda it: "x")
     with pytest.raises(ConfigError, match="repeated"):
         Cascade([Stage("m", m), Stage("m", m)])
+
+
+def test_failed_stage_can_pass_items_on() -> None:
+    from tiered.errors import UpstreamError
+
+    class Down(FakeModel):
+        def predict(self, items):  # type: ignore[no-untyped-def]
+            raise UpstreamError("upstream 503", status=503, retryable=True)
+
+    big = FakeModel("big", lambda it: "b", cost=5.0)
+    deferring = Cascade(
+        [Stage("down", Down("down", lambda it: "x"), on_error="defer"), Stage("big", big)]
+    )
+    result = deferring.run(_items(3))
+    assert result.labels == ["b"] * 3 and result.cost.tolist() == [5.0] * 3
+    assert "upstream 503" in result.steps[0].answers.extra["error"][0]
+    assert asyncio.run(deferring.arun(_items(3))).labels == ["b"] * 3
+
+    raising = Cascade([Stage("down", Down("down", lambda it: "x")), Stage("big", big)])
+    with pytest.raises(UpstreamError, match="503"):
+        raising.run(_items(3))

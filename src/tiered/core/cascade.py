@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -30,6 +31,8 @@ class Stage:
     model: Model
     rule: DeferralRule = field(default_factory=Always)
     cost: CostModel = field(default_factory=RecordedCost)
+    # "defer": an upstream failure passes the stage's items on (the last stage still raises)
+    on_error: Literal["raise", "defer"] = "raise"
 
 
 @dataclass(slots=True)
@@ -176,7 +179,11 @@ class Cascade:
         try:
             stage, batch = next(driver)
             while True:
-                stage, batch = driver.send(stage.model.predict(batch))
+                try:
+                    answers = stage.model.predict(batch)
+                except ModelError as exc:
+                    answers = self._failed(stage, batch, exc)
+                stage, batch = driver.send(answers)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
@@ -187,10 +194,21 @@ class Cascade:
             stage, batch = next(driver)
             while True:
                 apredict = getattr(stage.model, "apredict", None)
-                answers = await apredict(batch) if apredict else stage.model.predict(batch)
+                try:
+                    answers = await apredict(batch) if apredict else stage.model.predict(batch)
+                except ModelError as exc:
+                    answers = self._failed(stage, batch, exc)
                 stage, batch = driver.send(answers)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+
+    def _failed(self, stage: Stage, batch: list[Item], exc: ModelError) -> AnswerBatch:
+        """No answers from a failed stage: pass its items on, or re-raise."""
+        if stage.on_error != "defer" or stage is self.stages[-1]:
+            raise exc
+        return AnswerBatch.from_labels(
+            [None] * len(batch), extra={"error": [f"{type(exc).__name__}: {exc}"] * len(batch)}
+        )
 
     def run_one(self, item: Item | str) -> Decision:
         return self.run([item])[0]

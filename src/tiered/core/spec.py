@@ -22,7 +22,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, field_validator
@@ -86,6 +86,7 @@ class StageSpec(BaseModel):
     cost: Annotated[SerializeAsAny[CostModel], BeforeValidator(parse_cost)] = Field(
         default_factory=RecordedCost
     )
+    on_error: Literal["raise", "defer"] = "raise"
 
     @field_validator("model")
     @classmethod
@@ -111,7 +112,9 @@ class CascadeSpec(BaseModel):
                 model = build_model(s.model, ctx)
             except ConfigError as exc:
                 raise ConfigError(exc.reason, field=f"stages.{i}.{exc.field or 'model'}") from exc
-            stages.append(Stage(name=s.name, model=model, rule=s.rule, cost=s.cost))
+            stages.append(
+                Stage(name=s.name, model=model, rule=s.rule, cost=s.cost, on_error=s.on_error)
+            )
         return Cascade(stages)
 
     def to_dict(self) -> dict[str, Any]:
