@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import sys
 
+from tiered.cli import calibrate as calibrate  # registers `tiered calibrate`
+from tiered.cli import evaluate as evaluate  # registers `tiered eval`
+from tiered.cli import inspect_cascade as inspect_cascade  # `tiered inspect cascade.yaml [LOG]`
+from tiered.cli import inspect_log as inspect_log  # registers `tiered inspect`
+from tiered.cli import run as run  # registers `tiered run`
+from tiered.cli import serve as serve  # registers `tiered serve`
 from tiered.cli.app import app
 from tiered.errors import TieredError
 
@@ -19,7 +25,8 @@ def main() -> None:
     try:
         app()
     except TieredError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        # soft_wrap: one line even when stderr is not a terminal (rich would wrap at 80)
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -3,6 +3,10 @@
 Each stage answers every item still active; its rule's accept mask decides which items
 it answers, the rest go on. The last stage answers whatever reaches it. Cost and latency
 are cumulative: every stage that ran for an item is paid for and waited on.
+
+A stage may have a *gate*, asked before the stage runs: items it does not admit skip the
+stage (its model never sees them and they are not charged for it) and go on to the next
+stage, or straight to the last one. The last stage has no gate: it answers what reaches it.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -23,6 +27,20 @@ from tiered.core.signals import available_signals, read_signal
 from tiered.errors import ConfigError, ModelError
 
 
+@runtime_checkable
+class Gate(Protocol):
+    """Decides, before a stage runs, which items it should see (a pre-generation router).
+
+    ``admit`` gets the items reaching the stage in ``ctx.items`` (with earlier stages'
+    labels in ``ctx.earlier``) and returns a boolean mask: False skips the stage. Skipped
+    items go to the next stage, or to the last one when ``on_reject == "last"``.
+    """
+
+    on_reject: Literal["next", "last"]
+
+    def admit(self, ctx: RuleContext) -> np.ndarray: ...
+
+
 @dataclass
 class Stage:
     """A model, what a call costs, and when to trust its answer."""
@@ -33,6 +51,8 @@ class Stage:
     cost: CostModel = field(default_factory=RecordedCost)
     # "defer": an upstream failure passes the stage's items on (the last stage still raises)
     on_error: Literal["raise", "defer"] = "raise"
+    # asked before the model runs; not consulted on the last stage
+    gate: Gate | None = None
 
 
 @dataclass(slots=True)
@@ -44,6 +64,9 @@ class StageStep:
     answers: AnswerBatch
     cost: np.ndarray
     accepted: np.ndarray
+    # positions that reached the stage but skipped it (its gate said no, or an earlier gate
+    # sent them to the last stage): not run, not charged
+    skipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass(slots=True)
@@ -213,6 +236,33 @@ class Cascade:
     def run_one(self, item: Item | str) -> Decision:
         return self.run([item])[0]
 
+    @staticmethod
+    def _admit(
+        stage: Stage,
+        k: int,
+        items: list[Item],
+        run: np.ndarray,
+        earlier_labels: dict[str, np.ndarray],
+        to_last: np.ndarray,
+    ) -> np.ndarray:
+        """The positions in ``run`` that the stage's gate admits; marks jumps to the last."""
+        assert stage.gate is not None
+        ctx = RuleContext(
+            stage_name=stage.name,
+            stage_index=k,
+            items=[items[i] for i in run.tolist()],
+            earlier={name: lab[run] for name, lab in earlier_labels.items()},
+        )
+        admit = np.asarray(stage.gate.admit(ctx), dtype=bool)
+        if admit.shape != run.shape:
+            raise ModelError(
+                f"gate of stage '{stage.name}' returned a mask of shape {admit.shape} "
+                f"for {run.size} items"
+            )
+        if getattr(stage.gate, "on_reject", "next") == "last":
+            to_last[run[~admit]] = True
+        return run[admit]
+
     def _drive(self, items: list[Item]) -> Generator[_Request, AnswerBatch, CascadeResult]:
         n = len(items)
         answered_by = np.full(n, len(self.stages) - 1, dtype=np.int64)
@@ -223,43 +273,63 @@ class Cascade:
         steps: list[StageStep] = []
         earlier_labels: dict[str, np.ndarray] = {}
         active = np.arange(n)
+        to_last = np.zeros(n, dtype=bool)  # sent straight to the last stage by a gate
         last = len(self.stages) - 1
         for k, stage in enumerate(self.stages):
             if active.size == 0:
                 break
-            batch = [items[i] for i in active.tolist()]
+            run = active
+            if k < last:
+                run = active[~to_last[active]]
+                if stage.gate is not None and run.size:
+                    run = self._admit(stage, k, items, run, earlier_labels, to_last)
+            skipped = np.setdiff1d(active, run, assume_unique=True)
+            if run.size == 0:
+                if k < last:
+                    earlier_labels[stage.name] = np.full(n, None, dtype=object)
+                empty = np.zeros(0)
+                steps.append(
+                    StageStep(
+                        stage.name, run, AnswerBatch.empty(), empty, empty.astype(bool), skipped
+                    )
+                )
+                continue
+            batch = [items[i] for i in run.tolist()]
             answers = yield (stage, batch)
-            if len(answers) != active.size:
+            if len(answers) != run.size:
                 raise ModelError(
                     f"model of stage '{stage.name}' returned {len(answers)} answers "
-                    f"for {active.size} items"
+                    f"for {run.size} items"
                 )
             paid = stage.cost.cost(answers)
-            cost[active] += paid
-            latency[active] += np.nan_to_num(answers.latency_ms)
+            cost[run] += paid
+            latency[run] += np.nan_to_num(answers.latency_ms)
             if k == last:
-                accepted = np.ones(active.size, dtype=bool)
+                accepted = np.ones(run.size, dtype=bool)
+            elif not answers.answered.any():
+                # nothing to accept (a failed stage that defers carries no signals either)
+                accepted = np.zeros(run.size, dtype=bool)
             else:
                 ctx = RuleContext(
                     stage_name=stage.name,
                     stage_index=k,
                     items=batch,
-                    earlier={name: lab[active] for name, lab in earlier_labels.items()},
+                    earlier={name: lab[run] for name, lab in earlier_labels.items()},
                 )
                 accepted = stage.rule(answers, ctx)
-            steps.append(StageStep(stage.name, active, answers, paid, accepted))
-            mine = np.empty(active.size, dtype=object)
+            steps.append(StageStep(stage.name, run, answers, paid, accepted, skipped))
+            mine = np.empty(run.size, dtype=object)
             mine[:] = answers.labels
-            done = active[accepted]
+            done = run[accepted]
             answered_by[done] = k
             labels[done] = mine[accepted]
             if answers.quality is not None:
                 quality[done] = answers.quality[accepted]
             if k < last:
                 full = np.full(n, None, dtype=object)
-                full[active] = mine
+                full[run] = mine
                 earlier_labels[stage.name] = full
-            active = active[~accepted]
+            active = np.union1d(skipped, run[~accepted]) if skipped.size else run[~accepted]
         return CascadeResult(
             ids=[it.id for it in items],
             stage_names=self.stage_names,
@@ -272,4 +342,4 @@ class Cascade:
         )
 
 
-__all__ = ["Cascade", "CascadeResult", "Decision", "Stage", "StageStep", "StepTrace"]
+__all__ = ["Cascade", "CascadeResult", "Decision", "Gate", "Stage", "StageStep", "StepTrace"]

@@ -12,7 +12,8 @@ defers: when in doubt, pass on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -71,6 +72,24 @@ class DeferralRule(BaseModel):
         return mask & answers.answered
 
 
+# Modules of tiered that define more rule kinds, imported when a kind is not yet known
+# (they pull in scikit-learn: only cascade files that use them pay for the import).
+_RULE_MODULES = ("tiered.routing.rules",)
+
+
+def _load_rule_modules() -> bool:
+    """Import the modules defining more rule kinds; True if any was newly imported."""
+    import importlib
+    import sys
+
+    new = False
+    for name in _RULE_MODULES:
+        if name not in sys.modules:
+            importlib.import_module(name)
+            new = True
+    return new
+
+
 def parse_rule(spec: DeferralRule | Mapping[str, Any]) -> DeferralRule:
     """Build a rule from its dict form (``{"kind": "threshold", ...}``)."""
     if isinstance(spec, DeferralRule):
@@ -79,6 +98,8 @@ def parse_rule(spec: DeferralRule | Mapping[str, Any]) -> DeferralRule:
         raise ConfigError(f"a rule must be a mapping with a 'kind'; got {spec!r}", field="rule")
     kind = spec["kind"]
     cls = _REGISTRY.get(kind)
+    if cls is None and _load_rule_modules():
+        cls = _REGISTRY.get(kind)
     if cls is None:
         raise ConfigError(
             f"unknown rule kind '{kind}'; known kinds: {', '.join(sorted(_REGISTRY))}",
@@ -168,17 +189,70 @@ class Vote(DeferralRule):
         return {"vote"}
 
 
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+_CHOICE = re.compile(
+    r"^\W*([A-H])(?![A-Za-z0-9])|answer is\W*([A-H])(?![A-Za-z0-9])", re.IGNORECASE
+)
+
+
+def _final_number(text: str) -> str | None:
+    """The final numeric answer: after the last ``####`` if there is one, else the last number."""
+    tail = text.rsplit("####", 1)[1] if "####" in text else text
+    found = _NUMBER.findall(tail)
+    if not found:
+        return None
+    raw = found[0 if "####" in text else -1].replace(",", "").replace("$", "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return raw
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def _choice(text: str) -> str | None:
+    """The option letter an answer starts with (``A``, ``(B)``, ``C)``) or names (answer is D)."""
+    m = _CHOICE.search(text)
+    if m is None:
+        return None
+    return (m.group(1) or m.group(2)).upper()
+
+
+# How Agreement may reduce an answer before comparing it (see ``Agreement.extract``).
+ANSWER_EXTRACTORS: dict[str, Callable[[str], str | None]] = {
+    "final_number": _final_number,
+    "choice": _choice,
+}
+
+
+def normalize_answer(
+    x: str | None, extract: str | None = None, casefold: bool = True
+) -> str | None:
+    """An answer as ``Agreement`` compares it (None: no usable answer, never equal)."""
+    if x is None:
+        return None
+    if extract is not None:
+        x = ANSWER_EXTRACTORS[extract](x)
+        if x is None:
+            return None
+    x = x.strip()
+    return x.casefold() if casefold else x
+
+
 class Agreement(DeferralRule):
     """Accept when this stage's answer equals an earlier stage's answer.
 
     ``stages`` names the earlier stages to compare with (all earlier ones when empty);
-    ``min_agree`` is how many of them must agree.
+    ``min_agree`` is how many of them must agree. ``extract`` compares a part of each
+    answer instead of the whole text: ``final_number`` (a math answer: the number after
+    ``####``, else the last number) or ``choice`` (the option letter); an answer it finds
+    nothing in agrees with nothing.
     """
 
     kind: Literal["agreement"] = "agreement"
     stages: list[str] = []
     min_agree: int = 1
     casefold: bool = True
+    extract: Literal["final_number", "choice"] | None = None
 
     def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
         names = self.stages or list(ctx.earlier)
@@ -194,10 +268,7 @@ class Agreement(DeferralRule):
             return np.zeros(n, dtype=bool)
 
         def norm(x: str | None) -> str | None:
-            if x is None:
-                return None
-            x = x.strip()
-            return x.casefold() if self.casefold else x
+            return normalize_answer(x, self.extract, self.casefold)
 
         mine = [norm(x) for x in answers.labels]
         agree = np.zeros(n, dtype=int)
@@ -258,10 +329,12 @@ class Not(DeferralRule):
 
 def rule_kinds() -> list[str]:
     """Every registered rule kind."""
+    _load_rule_modules()
     return sorted(_REGISTRY)
 
 
 __all__ = [
+    "ANSWER_EXTRACTORS",
     "Agreement",
     "AllOf",
     "Always",
@@ -274,6 +347,7 @@ __all__ = [
     "Threshold",
     "Vote",
     "Window",
+    "normalize_answer",
     "parse_rule",
     "rule_kinds",
 ]

@@ -14,6 +14,12 @@ metadata: {objective: "quality >= top", fitted_on: chains_mmlu.jsonl}
 A model's ``kind`` is looked up in the model registry; packages register kinds with
 :func:`register_model`. Whatever a model needs beyond its spec (a replay log, the state
 store) comes in through :class:`BuildContext`.
+
+A stage may also have a ``gate`` (a rule kind that can ``admit`` items before the stage
+runs, e.g. ``{kind: exante_gate, ...}``). Rules may refer to files (a saved quality
+estimator): a rule with ``bind(ctx)`` is bound when the cascade is built, so it loads them
+relative to the cascade file; a rule with ``externalise(path, saved)`` writes what it
+holds in memory next to the cascade file when the spec is saved.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from tiered.config import load_yaml_model
 from tiered.core.cascade import Cascade, Stage
 from tiered.core.costs import CostModel, RecordedCost, parse_cost
 from tiered.core.model import Model
-from tiered.core.rules import Always, AnyRule
+from tiered.core.rules import Always, AnyRule, DeferralRule
 from tiered.errors import ConfigError
 
 
@@ -78,6 +84,28 @@ def build_model(spec: dict[str, Any], ctx: BuildContext | None = None) -> Model:
     return factory(spec, ctx or BuildContext())
 
 
+def _map_rule(rule: DeferralRule, method: str, *args: Any) -> DeferralRule:
+    """``rule`` with ``rule.<method>(*args)`` applied to it and every rule inside it."""
+    updates: dict[str, Any] = {}
+    for name in type(rule).model_fields:
+        value = getattr(rule, name)
+        if isinstance(value, DeferralRule):
+            updates[name] = _map_rule(value, method, *args)
+        elif isinstance(value, list) and any(isinstance(x, DeferralRule) for x in value):
+            updates[name] = [
+                _map_rule(x, method, *args) if isinstance(x, DeferralRule) else x for x in value
+            ]
+    if updates:
+        rule = rule.model_copy(update=updates)
+    fn = getattr(rule, method, None)
+    return fn(*args) if callable(fn) else rule
+
+
+def _bind(rule: DeferralRule, ctx: BuildContext) -> DeferralRule:
+    """``rule`` (and the rules inside it) bound to ``ctx`` where they have ``bind``."""
+    return _map_rule(rule, "bind", ctx)
+
+
 class StageSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -87,6 +115,14 @@ class StageSpec(BaseModel):
         default_factory=RecordedCost
     )
     on_error: Literal["raise", "defer"] = "raise"
+    gate: AnyRule | None = None
+
+    @field_validator("gate")
+    @classmethod
+    def _can_gate(cls, v: DeferralRule | None) -> DeferralRule | None:
+        if v is not None and not callable(getattr(v, "admit", None)):
+            raise ValueError(f"rule kind '{v.kind}' cannot be a gate (it has no 'admit')")
+        return v
 
     @field_validator("model")
     @classmethod
@@ -113,16 +149,44 @@ class CascadeSpec(BaseModel):
             except ConfigError as exc:
                 raise ConfigError(exc.reason, field=f"stages.{i}.{exc.field or 'model'}") from exc
             stages.append(
-                Stage(name=s.name, model=model, rule=s.rule, cost=s.cost, on_error=s.on_error)
+                Stage(
+                    name=s.name,
+                    model=model,
+                    rule=_bind(s.rule, ctx),
+                    cost=s.cost,
+                    on_error=s.on_error,
+                    gate=None if s.gate is None else _bind(s.gate, ctx),  # type: ignore[arg-type]
+                )
             )
         return Cascade(stages)
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        for stage in data["stages"]:
+            if stage.get("gate") is None:
+                stage.pop("gate", None)  # most stages have none: keep cascade files short
+        return data
 
     def save(self, path: str | Path) -> None:
-        text = "# tiered cascade file\n" + yaml.safe_dump(self.to_dict(), sort_keys=False)
-        Path(path).write_text(text, encoding="utf-8")
+        path = Path(path)
+        spec = self.externalised(path)
+        text = "# tiered cascade file\n" + yaml.safe_dump(spec.to_dict(), sort_keys=False)
+        path.write_text(text, encoding="utf-8")
+
+    def externalised(self, path: str | Path) -> CascadeSpec:
+        """The spec with in-memory rule resources written next to the cascade file ``path``."""
+        saved: dict[int, str] = {}  # one file per resource object, shared by its rules
+
+        def ext(rule: DeferralRule) -> DeferralRule:
+            return _map_rule(rule, "externalise", Path(path), saved)
+
+        stages = [
+            s.model_copy(
+                update={"rule": ext(s.rule), "gate": None if s.gate is None else ext(s.gate)}
+            )
+            for s in self.stages
+        ]
+        return self.model_copy(update={"stages": stages})
 
     @classmethod
     def load(cls, path: str | Path) -> CascadeSpec:

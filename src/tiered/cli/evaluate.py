@@ -1,0 +1,142 @@
+"""``tiered eval CASCADE LOG``: replay a cascade over a recorded log and report its metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from tiered.cli.app import app
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tiered.eval.metrics import EvalReport
+    from tiered.io.replay_log import ReplayLog
+
+
+def usd(x: float | None) -> str:
+    """A cost for people: three significant digits, no exponent."""
+    from tiered.eval.metrics import format_usd
+
+    return format_usd(x)
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def print_load_summary(console: Console, log: ReplayLog) -> None:
+    """What the loader did besides reading: skipped lines, merges, notes."""
+    if log.skipped:
+        console.print(
+            f"[yellow]skipped {log.skipped} bad line{'s' if log.skipped != 1 else ''}[/]; "
+            f"written with their reasons to {log.reject_path}"
+        )
+    for note in log.notes:
+        console.print(f"[dim]note: {note}[/]")
+
+
+def print_report(console: Console, report: EvalReport) -> None:
+    """The eval table: cascade, best single model, oracle bound, then every single model."""
+    from rich.table import Table
+
+    if report.synthetic:
+        console.print("[bold magenta]SYNTHETIC DATA[/] (generated, not real model outputs)")
+    name = Path(report.log).name if report.log else "replay log"
+    table = Table(title=f"{report.cascade or 'cascade'} on {name}: {report.n_items:,} queries")
+    has_latency = report.latency_ms is not None
+    table.add_column("", overflow="fold")  # never cut a model's name
+    table.add_column("quality", justify="right")
+    table.add_column("cost / query", justify="right")
+    table.add_column("relative cost", justify="right")
+    if has_latency:
+        table.add_column("latency ms", justify="right")
+    top = report.top_cost_per_item
+
+    def row(label: str, q: float, c: float, lat: float | None, end_section: bool = False) -> None:
+        cells = [label, pct(q), usd(c), f"{c / top:.3f}" if top > 0 else "-"]
+        table.add_row(*cells, *([ms(lat)] if has_latency else []), end_section=end_section)
+
+    row("[bold]cascade[/]", report.quality, report.cost_per_item, report.latency_ms)
+    best = next(p for p in report.models if p.name == report.top_model)
+    row(f"top model: {best.name}", best.quality, best.cost_per_item, best.latency_ms)
+    row("oracle bound", report.oracle_quality, report.oracle_cost_per_item, None, end_section=True)
+    for p in report.models:
+        if p.name != best.name:
+            row(f"[dim]{p.name}[/]", p.quality, p.cost_per_item, p.latency_ms)
+    console.print(table)
+    console.print(
+        "[dim]relative cost = cost / the top model's cost; oracle = cheapest correct model "
+        "per query (none correct: the cheapest model)[/]"
+    )
+    share = ", ".join(f"{k} {pct(v)}" for k, v in report.stage_share.items())
+    console.print(f"answered by stage: {share}")
+    if report.missing_outputs:
+        stages = ", ".join(f"{k} {v}" for k, v in report.missing_by_stage.items() if v)
+        n = report.missing_outputs
+        console.print(
+            f"[yellow]{n} {'query' if n == 1 else 'queries'} lacked a recorded output for a "
+            f"stage that ran[/] ({stages}): counted wrong there and charged that model's mean cost"
+        )
+    else:
+        console.print("every stage that ran had a recorded output (0 queries lacked outputs)")
+    if report.n_quality_unknown:
+        console.print(
+            f"[yellow]{report.n_quality_unknown} answers have no known quality[/] "
+            "(a stage that is not a replay model answered them); quality is over the rest"
+        )
+
+
+@app.command("eval")
+def eval_cmd(
+    cascade: Annotated[Path, typer.Argument(help="Cascade file (YAML).")],
+    log: Annotated[Path, typer.Argument(help="Replay log (JSONL) to replay the cascade on.")],
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the metrics as JSON here.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a cost–quality plot (PNG) here.")
+    ] = None,
+    skip_bad: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad", help="Skip bad log lines (to the reject file) instead of failing."
+        ),
+    ] = False,
+    rejects: Annotated[
+        Path | None,
+        typer.Option(
+            "--rejects", help="Reject file for --skip-bad (default: ./<log>.rejects.jsonl)."
+        ),
+    ] = None,
+) -> None:
+    """Replay CASCADE over LOG: quality, cost, relative cost, stage shares, oracle bound."""
+    from rich.console import Console
+
+    from tiered.core.spec import BuildContext, load_cascade
+    from tiered.eval import evaluate_cascade, plot_cost_quality
+    from tiered.io.replay import load_replay
+
+    console = Console(soft_wrap=True)  # paths and notes stay whole lines
+    replay_log = load_replay(log, skip_bad=skip_bad, reject_path=rejects)
+    print_load_summary(console, replay_log)
+    ctx = BuildContext(base_dir=cascade.resolve().parent, resources={"replay_log": replay_log})
+    built = load_cascade(cascade, ctx)
+    _, report = evaluate_cascade(built, replay_log)
+    report.cascade = cascade.name
+    print_report(console, report)
+    if json_out is not None:
+        report.save_json(json_out)
+        console.print(f"metrics written to {json_out}")
+    if plot is not None:
+        plot_cost_quality(report, plot)
+        console.print(f"plot written to {plot}")
+
+
+__all__ = ["eval_cmd", "print_load_summary", "print_report"]

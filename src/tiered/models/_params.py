@@ -1,0 +1,67 @@
+"""Model parameters from a spec dict, with errors in one template.
+
+Each model kind declares its parameters once, as a pydantic model whose field
+``description`` says what a valid value is ("a float > 0"). A bad value becomes::
+
+    The 'alpha' parameter of model 'hashed_ngram' must be a float > 0. Got -1 instead.
+
+raised as a :class:`~tiered.errors.ConfigError` whose field is ``model.alpha`` (a cascade
+file prefixes the stage: ``stages.0.model.alpha``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from tiered.errors import ConfigError
+
+P = TypeVar("P", bound=BaseModel)
+
+
+def _bad(kind: str, name: str, must: str, value: Any) -> ConfigError:
+    return ConfigError(
+        f"The '{name}' parameter of model '{kind}' must be {must}. Got {value!r} instead.",
+        field=f"model.{name}",
+    )
+
+
+def parse_params(
+    kind: str,
+    schema: type[P],
+    spec: Mapping[str, Any],
+    *,
+    checks: Mapping[str, Callable[[Any], bool]] | None = None,
+) -> P:
+    """Validate ``spec`` (less its ``kind``) against ``schema``; ``checks`` add per-field tests."""
+    data = {k: v for k, v in spec.items() if k != "kind"}
+    fields = schema.model_fields
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"Model '{kind}' has no parameter '{unknown[0]}'; "
+            f"its parameters: {', '.join(sorted(fields))}.",
+            field=f"model.{unknown[0]}",
+        )
+    try:
+        params = schema.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0])
+        must = fields[name].description or err["msg"]
+        if err["type"] == "missing":
+            raise ConfigError(
+                f"The '{name}' parameter of model '{kind}' is required: {must}.",
+                field=f"model.{name}",
+            ) from None
+        raise _bad(kind, name, must, data.get(name)) from None
+    for name, ok in (checks or {}).items():
+        value = getattr(params, name)
+        if value is not None and not ok(value):
+            raise _bad(kind, name, fields[name].description or "valid", data.get(name, value))
+    return params
+
+
+__all__ = ["parse_params"]

@@ -1,0 +1,655 @@
+"""Online cascade learning over a stream: cheap stages learn from the expert as it answers.
+
+For each batch of items (batch-first throughout):
+
+1. **Who must go up anyway.** Items of the warm-up (the first ``warmup`` items of the
+   stream) and, after it, each item ``n`` with probability ``beta**n`` (exploration)
+   are sent to the expert whatever the cheap stages say.
+2. **Cheap stages, cheapest first,** each answer the items still open (and the items
+   going up anyway, so their heads see unbiased examples). A stage's deferral head turns
+   its answer into P(agrees with the expert); the stage answers the open items whose
+   P(correct) reaches the controller's threshold, the rest go on.
+3. **Audits.** Each item a cheap stage answered is audited with probability
+   ``audit_rate``: the expert is asked too, the cheap label is kept.
+4. **One expert call per batch,** on deferred, warm-up, exploration and audited items.
+5. **Learning.** Every expert label trains each cheap stage's deferral head (was the
+   stage right?) and goes to the replay cache; every ``refit_every`` new labels, each
+   learnable stage ``learn``\\ s on the new labels plus a replay sample.
+6. **Control.** The audit meter updates the agreement estimate; the controller sets the
+   threshold for the next batch (see :mod:`tiered.online.controller`).
+
+Costs are cumulative: an item pays every cheap stage that ran on it, plus the expert if
+it was called (deferred, explored or audited).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from tiered.core.answers import AnswerBatch
+from tiered.core.cascade import Stage
+from tiered.core.items import Item, as_items
+from tiered.errors import ConfigError, ModelError, StoreError
+from tiered.online.audit import AgreementMeter
+from tiered.online.config import OnlineConfig
+from tiered.online.controller import ThresholdController
+from tiered.online.head import (
+    N_FEATURES,
+    AccuracyTracker,
+    DeferralHead,
+    head_features,
+    max_prob_from_features,
+)
+from tiered.online.replay import ReplayCache
+
+STATE_VERSION = 1
+
+
+@dataclass(slots=True)
+class OnlineDecision:
+    """The cascade's output for one item.
+
+    - ``stage``/``stage_index``: who answered; the expert's stage name (index = number of
+      cheap stages) when the expert answered, including warm-up and exploration items.
+    - ``confidence``: the answering cheap stage's P(agrees with the expert) from its
+      deferral head; 1.0 when the expert answered (it agrees with itself).
+    - ``cost``: USD this item cost: every stage that ran on it, the expert included if it
+      was called.
+    - ``audited``: a cheap stage answered and the expert was asked too (the label stays
+      the cheap one); ``expert_label`` is the expert's label whenever it was called.
+    - ``explored``: sent to the expert by warm-up or exploration.
+    """
+
+    id: str
+    label: str | None
+    stage: str
+    stage_index: int
+    confidence: float
+    cost: float
+    audited: bool
+    expert_label: str | None
+    explored: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class OnlineStats:
+    """Where the stream stands. Agreement is defined in :mod:`tiered.online.audit`.
+
+    - ``audited_agreement`` with ``ci_low``/``ci_high``: the estimate of the *overall*
+      agreement with the expert (expert-answered items count as agreeing; the
+      cheap-answered ones are estimated from audits), comparable with the target. NaN
+      while cheap stages answered but nothing was audited yet.
+    - ``cheap_agreement`` with ``cheap_ci_low``/``cheap_ci_high``: the audited agreement
+      rate of cheap-answered items alone.
+    - ``window_*``: the same over the last ``config.window`` items.
+    - ``expert_calls``/``expert_share``: calls of the expert (answers, warm-up,
+      exploration and audits) over items; ``stage_answers``/``stage_share``: who answered.
+    - ``usd_spent``: what every stage cost so far; ``usd_expert_only``: what the expert
+      alone would have cost (its mean price per call times the items).
+    """
+
+    n_items: int
+    expert_calls: int
+    expert_share: float
+    audits: int
+    audited_agreement: float
+    ci_low: float
+    ci_high: float
+    cheap_agreement: float
+    cheap_ci_low: float
+    cheap_ci_high: float
+    window_agreement: float
+    window_ci_low: float
+    window_ci_high: float
+    window_expert_share: float
+    usd_spent: float
+    usd_expert_only: float
+    stage_answers: dict[str, int]
+    stage_share: dict[str, float]
+    thresholds: dict[str, float]
+    target_agreement: float | None
+    required_agreement: float
+    exploration_rate: float
+    explored: int
+    labels_learned: int
+    refits: int
+    confidence: float
+    ci_method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Plan:
+    """A batch between the cheap stages and the expert's answers."""
+
+    items: list[Item]
+    forced: np.ndarray  # warm-up or exploration
+    answered_by: np.ndarray  # stage index; n_cheap = expert
+    labels: np.ndarray  # object: the label output so far
+    confidence: np.ndarray
+    cost: np.ndarray
+    scores: np.ndarray  # (n, n_cheap) P(correct), NaN where the stage did not run
+    stage_labels: list[np.ndarray]  # per stage, object array of its labels (None: no answer)
+    features: list[np.ndarray]  # per stage, (n, d) head features (rows where it ran)
+    audited: np.ndarray
+    expert_idx: np.ndarray
+    label_weight: np.ndarray  # inverse probability of getting an expert label
+
+
+class OnlineCascade:
+    """Cheap learnable stages in front of an expert, learning online from its answers.
+
+    ``cheap`` stages run cheapest first; their models should offer ``probs``/``classes``
+    and ``learn(items, labels)`` (a stage whose model cannot learn still gets a deferral
+    head). ``expert`` is any :class:`~tiered.core.Stage`; its model is called once per
+    batch (``predict``; :meth:`aprocess` awaits ``apredict`` when the model has it).
+    ``stage.cost`` prices each call. Deferral rules of the stages are not used: the
+    learned heads and the controller decide.
+    """
+
+    def __init__(
+        self,
+        cheap: Sequence[Stage],
+        expert: Stage,
+        config: OnlineConfig | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if not cheap:
+            raise ConfigError("an online cascade needs at least one cheap stage", field="cheap")
+        names = [s.name for s in cheap] + [expert.name]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"stage names must be unique; repeated: {dupes}", field="stages")
+        self.cheap = list(cheap)
+        self.expert = expert
+        self.config = config or OnlineConfig()
+        cfg = self.config
+        self.seed = cfg.seed if seed is None else seed
+        self.rng = np.random.default_rng(self.seed)
+        k = len(self.cheap)
+        self.trackers = [AccuracyTracker(cfg.accuracy_halflife) for _ in range(k)]
+        self.heads = [
+            DeferralHead(cfg.head_buffer, cfg.head_l2, cfg.head_min_examples, cfg.head_halflife)
+            for _ in range(k)
+        ]
+        self.replay = ReplayCache(cfg.replay_size)
+        self.pending_items: list[Item] = []
+        self.pending_labels: list[str] = []
+        self.controller = ThresholdController(cfg, k)
+        self.meter = AgreementMeter(k + 1, cfg.window)
+        self.n_items = 0
+        self.usd_spent = 0.0
+        self.expert_usd = 0.0
+        self.expert_calls = 0
+        self.explored = 0
+        self.labels_learned = 0
+        self.refits = 0
+        self.history: list[dict[str, Any]] = []
+        self._since_history = 0
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.cheap] + [self.expert.name]
+
+    # ------------------------------------------------------------------ the loop
+
+    def process(self, items: Sequence[Item | str]) -> list[OnlineDecision]:
+        """Answer ``items`` in stream order, learning as it goes (one expert call a batch)."""
+        out: list[OnlineDecision] = []
+        for chunk in self._chunks(as_items(items)):
+            plan = self._plan(chunk)
+            answers = self._call_expert_sync(plan)
+            out.extend(self._finish(plan, answers))
+        return out
+
+    async def aprocess(self, items: Sequence[Item | str]) -> list[OnlineDecision]:
+        """As :meth:`process`, awaiting the expert's ``apredict`` when it has one."""
+        out: list[OnlineDecision] = []
+        for chunk in self._chunks(as_items(items)):
+            plan = self._plan(chunk)
+            batch = [plan.items[i] for i in plan.expert_idx.tolist()]
+            apredict = getattr(self.expert.model, "apredict", None)
+            if not batch:
+                answers = AnswerBatch.empty()
+            elif apredict is not None:
+                answers = await apredict(batch)
+            else:
+                answers = self.expert.model.predict(batch)
+            out.extend(self._finish(plan, answers))
+        return out
+
+    def _chunks(self, items: list[Item]) -> list[list[Item]]:
+        """Split into batches; during warm-up, batches of ``refit_every`` so the stages
+        learn (and their heads see predictions) before the warm-up ends."""
+        cfg = self.config
+        chunks: list[list[Item]] = []
+        n = self.n_items
+        i = 0
+        while i < len(items):
+            if n < cfg.warmup:
+                size = min(cfg.warmup - n, max(cfg.refit_every, 1), cfg.batch_size)
+            else:
+                size = cfg.batch_size
+            chunks.append(items[i : i + size])
+            n += len(chunks[-1])
+            i += size
+        return chunks
+
+    def _call_expert_sync(self, plan: _Plan) -> AnswerBatch:
+        if plan.expert_idx.size == 0:
+            return AnswerBatch.empty()
+        return self.expert.model.predict([plan.items[i] for i in plan.expert_idx.tolist()])
+
+    def exploration_rate(self, n: int | None = None) -> float:
+        """P(item ``n`` is sent up anyway) after the warm-up: ``max(beta**n, floor)``."""
+        n = self.n_items if n is None else n
+        cfg = self.config
+        return float(max(cfg.exploration_beta**n, cfg.exploration_min))
+
+    def _plan(self, items: list[Item]) -> _Plan:
+        cfg = self.config
+        m = len(items)
+        k_cheap = len(self.cheap)
+        pos = self.n_items + np.arange(m)
+        warm = pos < cfg.warmup
+        rate = np.maximum(cfg.exploration_beta ** pos.astype(float), cfg.exploration_min)
+        explore = ~warm & (self.rng.random(m) < rate)
+        forced = warm | explore
+        open_ = np.ones(m, dtype=bool)
+        answered_by = np.full(m, k_cheap, dtype=np.int64)
+        labels = np.full(m, None, dtype=object)
+        confidence = np.ones(m)
+        cost = np.zeros(m)
+        scores = np.full((m, k_cheap), np.nan)
+        stage_labels = [np.full(m, None, dtype=object) for _ in range(k_cheap)]
+        features: list[np.ndarray] = []
+        threshold = self.controller.threshold
+        would = np.zeros(m, dtype=bool)  # some cheap stage would answer (forced or not)
+        for k, stage in enumerate(self.cheap):
+            idx = np.flatnonzero(open_ | forced)
+            feats = np.zeros((m, 0))
+            if idx.size:
+                answers = stage.model.predict([items[i] for i in idx.tolist()])
+                if len(answers) != idx.size:
+                    raise ModelError(
+                        f"model of stage '{stage.name}' returned {len(answers)} answers "
+                        f"for {idx.size} items"
+                    )
+                cost[idx] += stage.cost.cost(answers)
+                x = head_features(answers, self.trackers[k])
+                feats = np.zeros((m, x.shape[1]))
+                feats[idx] = x
+                ok = answers.answered
+                p = np.where(ok, self._score(k, answers, x), 0.0)
+                scores[idx, k] = p
+                stage_labels[k][idx] = answers.labels
+                sure = ok & (p >= threshold)
+                would[idx[sure]] = True
+                accept = sure & open_[idx] & ~forced[idx]
+                take = idx[accept]
+                answered_by[take] = k
+                labels[take] = stage_labels[k][take]
+                confidence[take] = p[accept]
+                open_[take] = False
+            features.append(feats)
+        cheap_done = ~open_
+        audited = cheap_done & (self.rng.random(m) < cfg.audit_rate)
+        self._apply_cap(
+            forced & ~warm, open_, audited, scores, stage_labels, answered_by, labels, confidence
+        )
+        expert_idx = np.flatnonzero((answered_by == k_cheap) | audited)
+        # Items a cheap stage would answer reach the expert only by exploration or audit.
+        p_label = rate + (1.0 - rate) * cfg.audit_rate
+        label_weight = np.where(
+            would & ~warm, np.minimum(1.0 / np.maximum(p_label, 1e-9), cfg.head_max_weight), 1.0
+        )
+        return _Plan(
+            items=items,
+            forced=forced & (answered_by == k_cheap),
+            answered_by=answered_by,
+            labels=labels,
+            confidence=np.where(answered_by == k_cheap, 1.0, confidence),
+            cost=cost,
+            scores=scores,
+            stage_labels=stage_labels,
+            features=features,
+            audited=audited,
+            expert_idx=expert_idx,
+            label_weight=label_weight,
+        )
+
+    def _score(self, k: int, answers: AnswerBatch, x: np.ndarray) -> np.ndarray:
+        """P(stage k agrees with the expert): its head, or its raw top probability."""
+        if self.config.deferral_signal == "max_prob":
+            if answers.probs is None or answers.probs.shape[1] == 0:
+                return np.zeros(len(answers))
+            return answers.probs.max(axis=1)
+        return self.heads[k].predict(x)
+
+    def _scorers(self) -> list[Callable[[np.ndarray], np.ndarray]]:
+        """Per stage, head features -> P(correct), as :meth:`_score` computes it."""
+        if self.config.deferral_signal == "max_prob":
+            return [max_prob_from_features] * len(self.cheap)
+        return [h.predict for h in self.heads]
+
+    def _apply_cap(
+        self,
+        explored: np.ndarray,
+        open_: np.ndarray,
+        audited: np.ndarray,
+        scores: np.ndarray,
+        stage_labels: list[np.ndarray],
+        answered_by: np.ndarray,
+        labels: np.ndarray,
+        confidence: np.ndarray,
+    ) -> None:
+        """Keep the cumulative expert share under ``max_expert_share`` (after warm-up).
+
+        Over the cap, exploration goes first, then the deferred items a cheap stage is
+        surest about (answered by that stage), then audits. Items no cheap stage could
+        answer, and warm-up items, always go up.
+        """
+        cap = self.config.max_expert_share
+        if cap is None:
+            return
+        m = len(open_)
+        allowed = math.floor(cap * (self.n_items + m)) - self.expert_calls
+        planned = int(open_.sum() + audited.sum())
+        excess = planned - max(allowed, 0)
+        if excess <= 0:
+            return
+        s = np.nan_to_num(scores, nan=-1.0)
+        has_label = np.stack([lab != None for lab in stage_labels], axis=1)  # noqa: E711
+        s = np.where(has_label, s, -1.0)
+        best_stage = s.argmax(axis=1)
+        best = s.max(axis=1)
+        warm = (self.n_items + np.arange(m)) < self.config.warmup
+        droppable = open_ & has_label.any(axis=1) & ~warm
+        # Exploration first, then surest deferrals; audits last.
+        order = np.lexsort((-best, ~explored))
+        drops = [i for i in order.tolist() if droppable[i]][:excess]
+        for i in drops:
+            k = int(best_stage[i])
+            answered_by[i] = k
+            labels[i] = stage_labels[k][i]
+            confidence[i] = best[i]
+            open_[i] = False
+        excess -= len(drops)
+        if excess > 0:
+            aud = np.flatnonzero(audited)[:excess]
+            audited[aud] = False
+
+    def _finish(self, plan: _Plan, answers: AnswerBatch) -> list[OnlineDecision]:
+        cfg = self.config
+        k_cheap = len(self.cheap)
+        m = len(plan.items)
+        e_idx = plan.expert_idx
+        if len(answers) != e_idx.size:
+            raise ModelError(
+                f"expert '{self.expert.name}' returned {len(answers)} answers "
+                f"for {e_idx.size} items"
+            )
+        expert_labels = np.full(m, None, dtype=object)
+        called = np.zeros(m, dtype=bool)
+        cost = plan.cost
+        if e_idx.size:
+            expert_labels[e_idx] = answers.labels
+            called[e_idx] = True
+            paid = self.expert.cost.cost(answers)
+            cost[e_idx] += paid
+            self.expert_usd += float(paid.sum())
+        by_expert = plan.answered_by == k_cheap
+        labels = plan.labels
+        labels[by_expert] = expert_labels[by_expert]
+        got = called & (expert_labels != None)  # noqa: E711
+        # An audit counts when the expert gave a label to compare with.
+        audit_ok = plan.audited & got
+        agree = audit_ok & (plan.labels == expert_labels)
+        # Learn from every item with an expert label.
+        rows = np.flatnonzero(got)
+        if rows.size:
+            self._learn_heads(plan, rows, expert_labels)
+            self._queue_labels([plan.items[i] for i in rows.tolist()], expert_labels[rows].tolist())
+        # Estimates and control.
+        self.controller.observe(self._window_features(plan))
+        aud = np.flatnonzero(audit_ok)
+        if aud.size:
+            self.controller.observe_audits(plan.confidence[aud], agree[aud].astype(float))
+        self.meter.add(plan.answered_by, audit_ok, agree, called)
+        self.n_items += m
+        self.expert_calls += int(called.sum())
+        self.explored += int(plan.forced.sum())
+        self.usd_spent += float(cost.sum())
+        self.controller.update(
+            self.meter.cumulative(cfg.confidence, cfg.ci_method),
+            self._scorers(),
+            self.meter.windowed(cfg.confidence, cfg.ci_method),
+        )
+        self._since_history += m
+        if cfg.history_every == 0 or self._since_history >= cfg.history_every:
+            self._record_history()
+        names = self.stage_names
+        conf = plan.confidence
+        return [
+            OnlineDecision(
+                id=plan.items[i].id,
+                label=labels[i],
+                stage=names[s],
+                stage_index=s,
+                confidence=float(conf[i]),
+                cost=float(cost[i]),
+                audited=bool(plan.audited[i]),
+                expert_label=expert_labels[i],
+                explored=bool(plan.forced[i]),
+            )
+            for i, s in enumerate(plan.answered_by.tolist())
+        ]
+
+    def _window_features(self, plan: _Plan) -> np.ndarray:
+        """Head features ``(n, n_cheap, d)``, NaN where a stage gave no answer."""
+        m = len(plan.items)
+        out = np.full((m, len(self.cheap), N_FEATURES), np.nan)
+        for k, feats in enumerate(plan.features):
+            ran = plan.stage_labels[k] != None  # noqa: E711
+            if feats.shape[1]:
+                out[ran, k] = feats[ran]
+        return out
+
+    def _learn_heads(self, plan: _Plan, rows: np.ndarray, expert_labels: np.ndarray) -> None:
+        for k in range(len(self.cheap)):
+            ran = rows[plan.stage_labels[k][rows] != None]  # noqa: E711
+            if ran.size == 0:
+                continue
+            predicted = plan.stage_labels[k][ran]
+            correct = (predicted == expert_labels[ran]).astype(float)
+            self.heads[k].add(plan.features[k][ran], correct, plan.label_weight[ran])
+            self.trackers[k].update(predicted.tolist(), correct, plan.label_weight[ran])
+            self.heads[k].fit()
+
+    def _queue_labels(self, items: list[Item], labels: list[str]) -> None:
+        self.pending_items.extend(items)
+        self.pending_labels.extend(labels)
+        self.labels_learned += len(items)
+        if len(self.pending_items) < self.config.refit_every:
+            return
+        k = round(self.config.replay_ratio * len(self.pending_items))
+        old_items, old_labels = self.replay.sample(k, self.rng)
+        batch_items = self.pending_items + old_items
+        batch_labels = self.pending_labels + old_labels
+        for stage in self.cheap:
+            learn = getattr(stage.model, "learn", None)
+            if learn is not None:
+                learn(batch_items, batch_labels)
+        self.replay.add(self.pending_items, self.pending_labels)
+        self.pending_items, self.pending_labels = [], []
+        self.refits += 1
+
+    # ------------------------------------------------------------------ reporting
+
+    def thresholds(self) -> dict[str, float]:
+        t = self.controller.threshold
+        return {s.name: t for s in self.cheap}
+
+    def stats(self) -> OnlineStats:
+        cfg = self.config
+        overall = self.meter.cumulative(cfg.confidence, cfg.ci_method)
+        win = self.meter.windowed(cfg.confidence, cfg.ci_method)
+        n = self.n_items
+        counts = self.meter.total_stage
+        names = self.stage_names
+        per_call = self.expert_usd / self.expert_calls if self.expert_calls else 0.0
+        return OnlineStats(
+            n_items=n,
+            expert_calls=self.expert_calls,
+            expert_share=self.expert_calls / n if n else 0.0,
+            audits=overall.audits,
+            audited_agreement=overall.agreement,
+            ci_low=overall.low,
+            ci_high=overall.high,
+            cheap_agreement=overall.cheap_agreement,
+            cheap_ci_low=overall.cheap_low,
+            cheap_ci_high=overall.cheap_high,
+            window_agreement=win.agreement,
+            window_ci_low=win.low,
+            window_ci_high=win.high,
+            window_expert_share=self.meter.window_expert_share(),
+            usd_spent=self.usd_spent,
+            usd_expert_only=per_call * n,
+            stage_answers={nm: int(c) for nm, c in zip(names, counts, strict=True)},
+            stage_share={
+                nm: (int(c) / n if n else 0.0) for nm, c in zip(names, counts, strict=True)
+            },
+            thresholds=self.thresholds(),
+            target_agreement=cfg.target_agreement,
+            required_agreement=self.controller.required,
+            exploration_rate=self.exploration_rate(),
+            explored=self.explored,
+            labels_learned=self.labels_learned,
+            refits=self.refits,
+            confidence=cfg.confidence,
+            ci_method=cfg.ci_method,
+        )
+
+    def _record_history(self) -> None:
+        cfg = self.config
+        overall = self.meter.cumulative(cfg.confidence, cfg.ci_method)
+        win = self.meter.windowed(cfg.confidence, cfg.ci_method)
+        per_call = self.expert_usd / self.expert_calls if self.expert_calls else 0.0
+        share = self.meter.window_stage_share()
+        self.history.append(
+            {
+                "n": self.n_items,
+                "expert_share": self.meter.window_expert_share(),
+                "expert_share_total": self.expert_calls / self.n_items,
+                "agreement": overall.agreement,
+                "ci_low": overall.low,
+                "ci_high": overall.high,
+                "window_agreement": win.agreement,
+                "window_ci_low": win.low,
+                "window_ci_high": win.high,
+                "cheap_agreement": win.cheap_agreement,
+                "audits": overall.audits,
+                "usd": self.usd_spent,
+                "usd_expert_only": per_call * self.n_items,
+                "threshold": self.controller.threshold,
+                "required_agreement": self.controller.required,
+                "stage_share": {
+                    nm: float(s) for nm, s in zip(self.stage_names, share, strict=True)
+                },
+            }
+        )
+        self._since_history = 0
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the stream exactly: picklable, numpy inside.
+
+        Cheap models must offer ``state_dict()``/``load_state_dict()``; the expert's
+        state (a response cache, say) is its own business.
+        """
+        models = []
+        for stage in self.cheap:
+            get = getattr(stage.model, "state_dict", None)
+            if get is None:
+                if hasattr(stage.model, "learn"):
+                    raise StoreError(
+                        f"model of stage '{stage.name}' learns but has no state_dict(); "
+                        "its learned state cannot be saved"
+                    )
+                models.append(None)
+            else:
+                models.append(get())
+        return {
+            "version": STATE_VERSION,
+            "stage_names": self.stage_names,
+            "config": self.config.model_dump(mode="json"),
+            "seed": self.seed,
+            "models": models,
+            "trackers": [t.state_dict() for t in self.trackers],
+            "heads": [h.state_dict() for h in self.heads],
+            "replay": self.replay.state_dict(),
+            "pending": (list(self.pending_items), list(self.pending_labels)),
+            "controller": self.controller.state_dict(),
+            "meter": self.meter.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "counters": {
+                "n_items": self.n_items,
+                "usd_spent": self.usd_spent,
+                "expert_usd": self.expert_usd,
+                "expert_calls": self.expert_calls,
+                "explored": self.explored,
+                "labels_learned": self.labels_learned,
+                "refits": self.refits,
+                "since_history": self._since_history,
+            },
+            "history": [dict(row) for row in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` taken from a cascade built with the same stages."""
+        if state.get("version") != STATE_VERSION:
+            raise StoreError(
+                f"online state has version {state.get('version')!r}; expected {STATE_VERSION}"
+            )
+        if state["stage_names"] != self.stage_names:
+            raise StoreError(
+                f"online state is for stages {state['stage_names']}; "
+                f"this cascade has {self.stage_names}"
+            )
+        for stage, ms in zip(self.cheap, state["models"], strict=True):
+            if ms is not None:
+                stage.model.load_state_dict(ms)  # type: ignore[attr-defined]
+        for t, ts in zip(self.trackers, state["trackers"], strict=True):
+            t.load_state_dict(ts)
+        for h, hs in zip(self.heads, state["heads"], strict=True):
+            h.load_state_dict(hs)
+        self.replay.load_state_dict(state["replay"])
+        items, labels = state["pending"]
+        self.pending_items, self.pending_labels = list(items), list(labels)
+        self.controller.load_state_dict(state["controller"])
+        self.meter.load_state_dict(state["meter"])
+        self.rng.bit_generator.state = state["rng"]
+        c = state["counters"]
+        self.n_items = int(c["n_items"])
+        self.usd_spent = float(c["usd_spent"])
+        self.expert_usd = float(c["expert_usd"])
+        self.expert_calls = int(c["expert_calls"])
+        self.explored = int(c["explored"])
+        self.labels_learned = int(c["labels_learned"])
+        self.refits = int(c["refits"])
+        self._since_history = int(c["since_history"])
+        self.history = [dict(row) for row in state["history"]]
+
+
+__all__ = ["OnlineCascade", "OnlineDecision", "OnlineStats"]

@@ -1,0 +1,296 @@
+"""Pick the rule family by cross-validation: confidence rules, learned scorers, or routing.
+
+:func:`calibrate_with_estimators` runs, on the same folds,
+
+- ``confidence``: the calibrator with its built-in families (thresholds on the models'
+  own signals, windows, votes, agreement);
+- ``scorer``: the same search with the learned post-hoc scorer as an extra family
+  (FrugalGPT);
+- ``routing``: cascade routing over every model (gates and stop rules from one λ),
+
+and keeps the one with the best pooled held-out result that meets the objective. Adding
+estimators therefore never makes the cross-validated result worse than confidence-only
+calibration: if they do not help, the confidence rules win.
+
+Cascade routing is cross-validated like the calibrator: on each fold the estimator and λ
+are fitted on the other folds, asking a ``margin`` more quality (or a share of the budget),
+and the smallest margin whose pooled held-out result meets the objective is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tiered.calibrate.objective import Objective, QualityTarget
+from tiered.core.spec import CascadeSpec
+from tiered.errors import ConfigError
+from tiered.io.replay_log import ReplayLog
+from tiered.routing.estimator import QualityEstimator
+from tiered.routing.fit import RoutingFit, fit_cascade_routing
+from tiered.routing.policy import Replayer, fit_lambda
+
+QUALITY_MARGINS = (0.0, 0.005, 0.01, 0.02)
+BUDGET_SHARES = (1.0, 0.95, 0.9, 0.8)
+
+
+def _top(log: ReplayLog) -> int:
+    q, c = log.mean_quality(), log.mean_cost()
+    tied = np.flatnonzero(q >= q.max() - 1e-12)
+    return int(tied[np.argmin(c[tied])])
+
+
+@dataclass
+class FamilyCV:
+    """One family's cross-validated result (pooled over held-out folds)."""
+
+    family: str
+    quality: float
+    cost: float
+    top_quality: float
+    top_cost: float
+    reference_quality: float | None
+    meets: bool
+    margin: float
+    seconds: float
+    detail: str = ""
+
+    @property
+    def relative_cost(self) -> float:
+        return self.cost / self.top_cost if self.top_cost > 0 else float("nan")
+
+
+def cross_validate_routing(
+    log: ReplayLog,
+    objective: Objective,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    tolerance: float = 0.005,
+    make: Callable[[], QualityEstimator] = QualityEstimator,
+    models: Sequence[str] | None = None,
+) -> FamilyCV:
+    """Cross-validate cascade routing on ``log`` (folds as the calibrator draws them)."""
+    started = time.perf_counter()
+    n = len(log)
+    assign = np.random.default_rng(seed).permutation(n) % folds
+    heads = list(models) if models is not None else list(log.models)
+    runs = []
+    for k in range(folds):
+        tr, te = log.subset(assign != k), log.subset(assign == k)
+        est = make().fit(tr)
+        top = _top(tr)
+        target = _resolve(objective.min_quality, float(tr.mean_quality()[top]))
+        runs.append((Replayer(est, tr, heads), Replayer(est, te, heads), target, top, te))
+    top_q = sum(float(te.quality[:, top].sum()) for *_, top, te in runs) / n
+    top_c = sum(float(te.cost[:, top].sum()) for *_, top, te in runs) / n
+    ref = _resolve(objective.min_quality, top_q)
+    budget_mode = objective.budget is not None
+    tried = []
+    for margin in BUDGET_SHARES if budget_mode else QUALITY_MARGINS:
+        cost = quality = 0.0
+        for rep_tr, rep_te, target, _, _ in runs:
+            if budget_mode:
+                fit = fit_lambda(rep_tr, target=target, budget=objective.budget * margin)  # type: ignore[operator]
+            else:
+                fit = fit_lambda(rep_tr, target=None if target is None else target + margin)
+            sim = rep_te.run(fit.lam)
+            cost += float(sim.cost.sum())
+            quality += float(sim.quality.sum())
+        cost, quality = cost / n, quality / n
+        meets = (ref is None or quality >= ref - tolerance) and (
+            not budget_mode or cost <= objective.budget * (1 + 1e-9)  # type: ignore[operator]
+        )
+        tried.append((margin, cost, quality, meets))
+        if meets:
+            break
+    pick = next((t for t in tried if t[3]), None)
+    if pick is None:
+        pick = (
+            max(tried, key=lambda t: (t[2], -t[1]))
+            if not budget_mode
+            else min(tried, key=lambda t: (t[1], -t[2]))
+        )
+    margin, cost, quality, meets = pick
+    return FamilyCV(
+        family="routing",
+        quality=quality,
+        cost=cost,
+        top_quality=top_q,
+        top_cost=top_c,
+        reference_quality=ref,
+        meets=meets,
+        margin=margin,
+        seconds=time.perf_counter() - started,
+        detail=f"cascade routing over {len(heads)} models",
+    )
+
+
+def _resolve(q: QualityTarget | None, top: float) -> float | None:
+    return None if q is None else q.resolve(top)
+
+
+@dataclass
+class Selection:
+    """What :func:`calibrate_with_estimators` found: every family's CV and the winner."""
+
+    objective: Objective
+    results: list[FamilyCV]
+    winner: FamilyCV
+    spec: CascadeSpec
+    fitted: Any  # the winner's fit: a Calibration or a RoutingFit
+    notes: list[str] = field(default_factory=list)
+
+    def save(self, path: str | Path) -> Path:
+        self.spec.save(path)
+        return Path(path)
+
+
+def _better(a: FamilyCV, b: FamilyCV, budget_mode: bool) -> bool:
+    if a.meets != b.meets:
+        return a.meets
+    if not a.meets:  # neither meets: the closer one
+        return (a.cost < b.cost) if budget_mode else (a.quality > b.quality)
+    if budget_mode:
+        return (a.quality, -a.cost) > (b.quality, -b.cost)
+    return (a.cost, -a.quality) < (b.cost, -b.quality)
+
+
+def calibrate_with_estimators(
+    log: ReplayLog,
+    *,
+    min_quality: str | float | QualityTarget | None = None,
+    budget: float | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    families: Sequence[str] = ("confidence", "scorer", "routing"),
+    tolerance: float = 0.005,
+) -> Selection:
+    """Cross-validate each rule family on ``log`` and keep the best (see the module doc)."""
+    from tiered.calibrate import calibrate
+    from tiered.routing.families import with_scorer
+
+    objective = Objective.make(min_quality, budget)
+    unknown = sorted(set(families) - {"confidence", "scorer", "routing"})
+    if unknown or not families:
+        raise ConfigError(
+            "The 'families' parameter must name some of confidence, scorer, routing. "
+            f"Got {list(families)!r} instead.",
+            field="families",
+        )
+    results: list[FamilyCV] = []
+    fits: dict[str, Any] = {}
+    notes: list[str] = []
+    for name in families:
+        started = time.perf_counter()
+        if name == "routing":
+            cv = cross_validate_routing(log, objective, folds=folds, seed=seed, tolerance=tolerance)
+            results.append(cv)
+            continue
+        try:
+            cal = calibrate(
+                log,
+                min_quality=min_quality,
+                budget=budget,
+                folds=folds,
+                seed=seed,
+                cv_tolerance=tolerance,
+                families=with_scorer if name == "scorer" else None,
+            )
+        except ConfigError as exc:
+            notes.append(f"{name}: {exc.reason}")
+            continue
+        fits[name] = cal
+        rep = cal.cv
+        if rep is None:
+            notes.append(f"{name}: no cross-validation (log too small); judged on its fit")
+            results.append(
+                FamilyCV(
+                    name,
+                    cal.chosen.quality,
+                    cal.chosen.cost,
+                    cal.top_quality,
+                    cal.top_cost,
+                    cal.target,
+                    True,
+                    0.0,
+                    time.perf_counter() - started,
+                )
+            )
+            continue
+        ref = rep.reference_quality
+        meets = (ref is None or rep.quality >= ref - rep.tolerance - 1e-9) and (
+            budget is None or rep.cost <= budget * (1 + 1e-9)
+        )
+        results.append(
+            FamilyCV(
+                family=name,
+                quality=rep.quality,
+                cost=rep.cost,
+                top_quality=rep.top_quality,
+                top_cost=rep.top_cost,
+                reference_quality=ref,
+                meets=meets,
+                margin=rep.margin,
+                seconds=time.perf_counter() - started,
+                detail=getattr(rep, "structure", "") or cal.chosen.text(),
+            )
+        )
+    if not results:
+        raise ConfigError("no rule family could be calibrated: " + "; ".join(notes), field="log")
+    winner = results[0]
+    for r in results[1:]:
+        if _better(r, winner, budget is not None):
+            winner = r
+    if winner.family == "routing":
+        fitted = _final_routing(log, objective, winner.margin)
+        spec = fitted.spec
+    else:
+        fitted = fits[winner.family]
+        spec = fitted.spec
+    spec = spec.model_copy(
+        update={
+            "metadata": {
+                **spec.metadata,
+                "rule_family_chosen": winner.family,
+                "families_cv": [
+                    {
+                        "family": r.family,
+                        "quality": r.quality,
+                        "cost_per_item": r.cost,
+                        "relative_cost": r.relative_cost,
+                        "meets_objective": r.meets,
+                    }
+                    for r in results
+                ],
+            }
+        }
+    )
+    return Selection(objective, results, winner, spec, fitted, notes)
+
+
+def _final_routing(log: ReplayLog, objective: Objective, margin: float) -> RoutingFit:
+    """Cascade routing refit on every row with the margin cross-validation chose."""
+    if objective.budget is not None:
+        q = objective.min_quality
+        return fit_cascade_routing(log, min_quality=q, budget=objective.budget * margin)
+    top = float(log.mean_quality()[_top(log)])
+    target = _resolve(objective.min_quality, top)
+    return fit_cascade_routing(
+        log, min_quality=None if target is None else min(target + margin, 1.0)
+    )
+
+
+__all__ = [
+    "BUDGET_SHARES",
+    "QUALITY_MARGINS",
+    "FamilyCV",
+    "Selection",
+    "calibrate_with_estimators",
+    "cross_validate_routing",
+]

@@ -1,0 +1,291 @@
+"""The FastAPI app: thin routers over the serving classes, one error mapping, metrics.
+
+Routers authenticate, read the body (bounded by ``max_body_bytes``), call a serving
+class and write its answer; every exception becomes an OpenAI error through
+:func:`tiered.serve.errors.error_response`. Bodies are parsed with pydantic straight
+from bytes and answers written as pre-serialized JSON: the gateway's own time per
+request is what users pay on top of their upstreams, so the hot path skips FastAPI's
+dependency and response-model machinery.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tiered.errors import TieredError
+from tiered.serve.auth import Principal
+from tiered.serve.errors import PayloadTooLargeError, error_response
+from tiered.serve.gateway import Gateway, new_request_id
+from tiered.serve.metrics import GatewayMetrics
+from tiered.serve.protocol import ChatCompletionRequest, ClassifyRequest, CompletionRequest
+from tiered.serve.serving_base import ServedResponse
+from tiered.serve.serving_chat import OpenAIServingChat
+from tiered.serve.serving_classify import OpenAIServingClassify
+from tiered.serve.serving_completion import OpenAIServingCompletion
+from tiered.serve.serving_models import OpenAIServingModels
+
+logger = logging.getLogger("tiered.serve")
+
+M = TypeVar("M", bound=BaseModel)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_JSON = "application/json"
+
+router = APIRouter()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+def _begin(request: Request, *, auth: bool = True) -> tuple[str, Principal | None]:
+    """Request id (the client's ``x-request-id`` when sane) and the authenticated caller."""
+    given = request.headers.get("x-request-id")
+    rid = given if given and _REQUEST_ID.match(given) else new_request_id()
+    request.state.request_id = rid
+    request.state.t0 = time.perf_counter()
+    principal = (
+        _gateway(request).authenticate(request.headers.get("authorization")) if auth else None
+    )
+    request.state.principal = principal
+    return rid, principal
+
+
+async def _read(request: Request, model: type[M]) -> M:
+    """The body parsed as ``model``; 413 past ``max_body_bytes`` (checked as it arrives)."""
+    limit = _gateway(request).server.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body of {declared} bytes; the limit is {limit:,}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"request body over the limit of {limit:,} bytes")
+    parsed = model.model_validate_json(bytes(body))
+    request.state.model = getattr(parsed, "model", None)
+    return parsed
+
+
+def _respond(
+    request: Request, served: ServedResponse, endpoint: str, prompt: Any = None
+) -> Response:
+    gw = _gateway(request)
+    common = {
+        "request_id": request.state.request_id,
+        "endpoint": endpoint,
+        "principal": request.state.principal,
+        "model": request.state.model,
+        "prompt": prompt,
+    }
+    if served.stream is None:
+        assert served.body is not None
+        ex = served.execution
+        gw.log_request(
+            status=200,
+            seconds=time.perf_counter() - request.state.t0,
+            execution=ex,
+            answer=[o.label for o in ex.outcomes] if ex else None,
+            **common,
+        )
+        return Response(served.body.model_dump_json(), media_type=_JSON, headers=served.headers)
+
+    async def logged() -> AsyncIterator[bytes]:
+        assert served.stream is not None
+        async for chunk in served.stream:
+            yield chunk
+        ex = served.execution
+        err = served.error
+        gw.log_request(
+            status=200,
+            seconds=time.perf_counter() - request.state.t0,
+            execution=ex,
+            error=None if err is None else error_response(err)[1].error.code or "error",
+            answer=[o.label for o in ex.outcomes] if ex else None,
+            **common,
+        )
+
+    headers = {"cache-control": "no-cache", **served.headers}
+    return StreamingResponse(logged(), media_type="text/event-stream", headers=headers)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(request: Request) -> Response:
+    rid, principal = _begin(request)
+    body = await _read(request, ChatCompletionRequest)
+    assert principal is not None
+    served = await request.app.state.serving_chat.create_chat_completion(
+        body, principal, request_id=rid
+    )
+    prompt = [m.text for m in body.messages] if _gateway(request).debug_log_prompts else None
+    return _respond(request, served, "/v1/chat/completions", prompt)
+
+
+@router.post("/v1/completions")
+async def create_completion(request: Request) -> Response:
+    rid, principal = _begin(request)
+    body = await _read(request, CompletionRequest)
+    assert principal is not None
+    served = await request.app.state.serving_completion.create_completion(
+        body, principal, request_id=rid
+    )
+    prompt = body.prompt if _gateway(request).debug_log_prompts else None
+    return _respond(request, served, "/v1/completions", prompt)
+
+
+@router.post("/v1/classify")
+async def create_classification(request: Request) -> Response:
+    rid, principal = _begin(request)
+    body = await _read(request, ClassifyRequest)
+    assert principal is not None
+    served = await request.app.state.serving_classify.create_classification(
+        body, principal, request_id=rid
+    )
+    prompt = body.input if _gateway(request).debug_log_prompts else None
+    return _respond(request, served, "/v1/classify", prompt)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    _begin(request)
+    body = request.app.state.serving_models.list_models()
+    return Response(body.model_dump_json(), media_type=_JSON)
+
+
+@router.get("/v1/models/{model:path}")
+async def retrieve_model(request: Request, model: str) -> Response:
+    _begin(request)
+    request.state.model = model
+    body = request.app.state.serving_models.retrieve_model(model)
+    return Response(body.model_dump_json(), media_type=_JSON)
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    body = request.app.state.serving_models.health()
+    return Response(body.model_dump_json(), media_type=_JSON)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    gw = _gateway(request)
+    _begin(request, auth=gw.config.auth.protect_metrics)
+    return Response(gw.metrics.render(), media_type=GatewayMetrics.content_type)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+async def _error_handler(request: Request, exc: Exception) -> Response:
+    status, body, headers = error_response(exc)
+    if status >= 500 and not isinstance(exc, TieredError | HTTPException):
+        # a bug: the traceback goes to the log (never the request body)
+        logger.error("unhandled error in the gateway", exc_info=exc)
+    state = request.state
+    rid = getattr(state, "request_id", None)
+    if rid is not None:
+        headers["x-tiered-request-id"] = rid
+        _gateway(request).log_request(
+            request_id=rid,
+            endpoint=request.url.path,
+            status=status,
+            seconds=time.perf_counter() - state.t0,
+            principal=getattr(state, "principal", None),
+            model=getattr(state, "model", None),
+            error=body.error.code or body.error.type,
+        )
+    return Response(body.model_dump_json(), status_code=status, media_type=_JSON, headers=headers)
+
+
+class _RequestMetrics:
+    """Pure ASGI middleware: requests by endpoint and status, time to the last byte."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.observe_request(scope["path"], status, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- app
+
+
+def build_app(gateway: Gateway, *, close_on_shutdown: bool = True) -> FastAPI:
+    """The gateway's ASGI app; it closes ``gateway`` on shutdown unless told not to."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if close_on_shutdown:
+            gateway.close()
+
+    app = FastAPI(
+        title="tiered gateway",
+        summary="OpenAI-compatible endpoint that answers with the cheapest adequate model",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.gateway = gateway
+    app.state.serving_chat = OpenAIServingChat(gateway)
+    app.state.serving_completion = OpenAIServingCompletion(gateway)
+    app.state.serving_classify = OpenAIServingClassify(gateway)
+    app.state.serving_models = OpenAIServingModels(gateway)
+    app.include_router(router)
+    for exc_type in (
+        TieredError,
+        ValidationError,
+        RequestValidationError,
+        HTTPException,
+        Exception,
+    ):
+        app.add_exception_handler(exc_type, _error_handler)
+    app.add_middleware(_RequestMetrics, metrics=gateway.metrics)
+    return app
+
+
+def run_server(
+    gateway: Gateway, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info"
+) -> None:
+    """Serve ``gateway`` with uvicorn until interrupted (one process: budgets live in it)."""
+    import uvicorn
+
+    app = build_app(gateway)
+    # uvicorn's access log adds nothing to our per-request line (and costs time)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+__all__ = ["build_app", "router", "run_server"]

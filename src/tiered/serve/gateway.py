@@ -1,0 +1,315 @@
+"""The gateway's shared state and the path every cascade request takes.
+
+``Gateway.execute`` is that path: take an in-flight slot (429 when none is free),
+reserve the caller's worst-case cost (402 when the budget cannot cover it), run the
+cascade under the request's deadline (504 when it passes), settle the budget with what
+the stages actually cost, whatever happened. The serving classes only translate between
+the wire formats and this path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from tiered.core.items import Item
+from tiered.serve.auth import KeyRing, Principal
+from tiered.serve.budget import BudgetLedger
+from tiered.serve.config import GatewayConfig
+from tiered.serve.engine import CURRENT_TALLY, ItemOutcome, ServedCascade, Tally
+from tiered.serve.errors import (
+    DeadlineExceededError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    OverloadedError,
+)
+from tiered.serve.metrics import GatewayMetrics
+
+logger = logging.getLogger("tiered.serve")
+
+
+@dataclass(slots=True)
+class Execution:
+    """What one request's cascade run produced."""
+
+    request_id: str
+    cascade: str
+    outcomes: list[ItemOutcome]
+    cost_usd: float
+    tally: Tally
+
+
+class InFlightLimiter:
+    """At most ``limit`` requests run a cascade at once; the rest are refused, not queued.
+
+    Refusing at once (429 + Retry-After) keeps latency bounded under overload and lets
+    the client's retry policy spread the load; a queue would only hide it.
+    """
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.count = 0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        # no await between check and increment: atomic on the event loop
+        if self.count >= self.limit:
+            raise OverloadedError(
+                f"the gateway is at its limit of {self.limit} requests in flight; retry later",
+                headers={"retry-after": str(self.retry_after_s)},
+            )
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+
+
+def start_local_servers(config: GatewayConfig) -> dict[str, Any]:
+    """Start the config's llama.cpp servers (all or none: a failure stops the started)."""
+    if not config.servers:
+        return {}
+    from tiered.models.llama_server import LlamaServer
+
+    started: dict[str, Any] = {}
+    try:
+        for name, s in config.servers.items():
+            logger.info("starting local server '%s' (llama_cpp.server)", name)
+            started[name] = LlamaServer(
+                s.model_path,
+                model_alias=s.model_alias,
+                n_ctx=s.n_ctx,
+                n_threads=s.n_threads,
+                extra_args=s.extra_args,
+                startup_timeout_s=s.startup_timeout_s,
+            ).start()
+    except BaseException:
+        for srv in started.values():
+            srv.stop()
+        raise
+    return started
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Gateway:
+    """Served cascades, keys, budgets, limits and metrics of one gateway process."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        cascades: Sequence[ServedCascade],
+        *,
+        metrics: GatewayMetrics | None = None,
+        keys: KeyRing | None = None,
+        store: sqlite3.Connection | None = None,
+        debug_log_prompts: bool = False,
+    ) -> None:
+        self.config = config
+        self.server = config.server
+        self.metrics = metrics or GatewayMetrics()
+        self.keys = keys or KeyRing()
+        self.store = store
+        self.ledger = BudgetLedger(config.budgets, store)
+        self.limiter = InFlightLimiter(self.server.max_in_flight, self.server.retry_after_s)
+        self.cascades = {c.name: c for c in cascades}
+        self.debug_log_prompts = debug_log_prompts
+        self.started = time.time()
+        # llama.cpp servers this gateway started (stopped by close())
+        self.local_servers: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(
+        cls,
+        config: GatewayConfig,
+        *,
+        debug_log_prompts: bool = False,
+        resources: dict[str, Any] | None = None,
+    ) -> Gateway:
+        """Build every cascade of ``config`` (loading its models) and open the store."""
+        from tiered.serve.online import OnlineServedCascade
+
+        servers = start_local_servers(config)
+        store = None
+        served: list[ServedCascade] = []
+        try:
+            if config.server.store is not None:
+                from tiered.store.sqlite import connect
+
+                store = connect(config.server.store)
+            metrics = GatewayMetrics()
+            keys = KeyRing.from_settings(config.auth)
+            shared: dict[str, Any] = {
+                **(resources or {}),
+                "store": store,
+                "local_servers": {name: srv.base_url for name, srv in servers.items()},
+            }
+            if config.server.response_cache and config.server.store is not None:
+                shared["store_path"] = config.server.store  # OpenAIChat's response cache
+            for entry in config.cascades:
+                kind = ServedCascade
+                if entry.online is not None and entry.online.enabled:
+                    kind = OnlineServedCascade
+                served.append(
+                    kind.build(
+                        entry, metrics, deadline_s=config.server.deadline_s, resources=shared
+                    )
+                )
+        except BaseException:
+            for s in served:
+                s.close()
+            if store is not None:
+                store.close()
+            for srv in servers.values():
+                srv.stop()
+            raise
+        gateway = cls(
+            config,
+            served,
+            metrics=metrics,
+            keys=keys,
+            store=store,
+            debug_log_prompts=debug_log_prompts,
+        )
+        gateway.local_servers = servers
+        return gateway
+
+    def close(self) -> None:
+        """Close cascades (online ones save their state), the store, local servers."""
+        try:
+            for c in self.cascades.values():
+                c.close()
+        finally:
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+            for srv in self.local_servers.values():
+                srv.stop()
+            self.local_servers = {}
+
+    # ------------------------------------------------------------------ lookups
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        return self.keys.authenticate(authorization)
+
+    def cascade(self, model: str, *, task: str | None = None) -> ServedCascade:
+        """The cascade served as ``model``; 404 naming ``model`` when there is none."""
+        served = self.cascades.get(model)
+        if served is None:
+            raise ModelNotFoundError(
+                f"The model '{model}' does not exist; served models: "
+                f"{', '.join(sorted(self.cascades))}",
+                param="model",
+            )
+        if task is not None and served.task != task:
+            raise InvalidRequestError(
+                f"model '{model}' is a {served.task} cascade; this endpoint needs a {task} one",
+                param="model",
+                code="wrong_task",
+            )
+        return served
+
+    # ------------------------------------------------------------------ the request path
+
+    async def execute(
+        self,
+        served: ServedCascade,
+        items: Sequence[Item],
+        principal: Principal,
+        *,
+        request_id: str,
+        max_tokens: int | None = None,
+    ) -> Execution:
+        """Run ``items`` through ``served`` under the limits; see the module docstring."""
+        with self.limiter.slot():
+            self.metrics.in_flight.inc()
+            try:
+                return await self._execute(served, items, principal, request_id, max_tokens)
+            finally:
+                self.metrics.in_flight.dec()
+
+    async def _execute(
+        self,
+        served: ServedCascade,
+        items: Sequence[Item],
+        principal: Principal,
+        request_id: str,
+        max_tokens: int | None,
+    ) -> Execution:
+        reservation = await self.ledger.reserve(
+            principal.name, served.worst_case_usd(items, max_tokens)
+        )
+        tally = Tally()
+        token = CURRENT_TALLY.set(tally)
+        charged = 0.0
+        try:
+            try:
+                async with asyncio.timeout(served.deadline_s) as deadline:
+                    outcomes = await served.run(items)
+            except TimeoutError as exc:
+                if deadline.expired():
+                    raise DeadlineExceededError(
+                        f"no answer within the deadline of {served.deadline_s:g} s"
+                    ) from exc
+                raise
+            charged = max(sum(o.cost_usd for o in outcomes), tally.cost_usd)
+            return Execution(request_id, served.name, outcomes, charged, tally)
+        finally:
+            CURRENT_TALLY.reset(token)
+            # a failed request still pays for the stage calls that completed
+            charged = charged or tally.cost_usd
+            await self.ledger.settle(reservation, charged)
+            if charged > 0:
+                self.metrics.budget_spent.labels(principal.name).inc(charged)
+
+    # ------------------------------------------------------------------ logging
+
+    def log_request(
+        self,
+        *,
+        request_id: str,
+        endpoint: str,
+        status: int,
+        seconds: float,
+        principal: Principal | None = None,
+        model: str | None = None,
+        execution: Execution | None = None,
+        error: str | None = None,
+        prompt: Any = None,
+        answer: Any = None,
+    ) -> None:
+        """One line per request: ids, stage, cost, time; prompts only when asked for."""
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        parts = [
+            f"request={request_id}",
+            f"endpoint={endpoint}",
+            f"status={status}",
+            f"ms={seconds * 1000:.1f}",
+        ]
+        if principal is not None:
+            parts.append(f"key={principal.name}")
+        if model is not None:
+            parts.append(f"model={model}")
+        if execution is not None:
+            stages = ",".join(sorted({o.stage for o in execution.outcomes}))
+            parts.append(f"stage={stages}")
+            parts.append(f"usd={execution.cost_usd:.6g}")
+        if error is not None:
+            parts.append(f"error={error}")
+        logger.info(" ".join(parts))
+        if self.debug_log_prompts and (prompt is not None or answer is not None):
+            logger.info("request=%s prompt=%r answer=%r", request_id, prompt, answer)
+
+
+__all__ = ["Execution", "Gateway", "InFlightLimiter", "new_request_id"]

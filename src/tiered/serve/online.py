@@ -1,0 +1,229 @@
+"""Online learning through the gateway: a classify cascade that keeps learning.
+
+The cascade's stages but the last are the cheap ones, the last is the expert, exactly
+as in ``tiered run``: :class:`tiered.online.OnlineCascade` decides who answers, sends
+what it must to the expert, and teaches the cheap stages from the expert's labels.
+
+Safe under concurrent requests: one ``asyncio.Lock`` serializes the learning steps (an
+``OnlineCascade`` is one mutable learner), and each step runs as a task shielded from
+its request's cancellation, so a request whose deadline passes gets its 504 while the
+step it started still completes and leaves the learner consistent. The learned state is
+written to the gateway's SQLite store (table ``gateway_online``) every
+``checkpoint_every_items`` items and at shutdown, and loaded at start-up; state learned
+with a different cascade config is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import pickle
+import sqlite3
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from tiered.core.cascade import Cascade
+from tiered.core.items import Item
+from tiered.core.spec import BuildContext
+from tiered.errors import ConfigError, StoreError
+from tiered.serve.config import CascadeEntry
+from tiered.serve.engine import CURRENT_TALLY, ItemOutcome, ServedCascade, cascade_spec
+from tiered.serve.metrics import GatewayMetrics
+from tiered.serve.protocol import StageTrace
+
+logger = logging.getLogger("tiered.serve")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gateway_online (
+    cascade TEXT PRIMARY KEY,
+    config_hash TEXT NOT NULL,
+    n_items INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+
+
+def config_hash(entry: CascadeEntry) -> str:
+    """A hash of what the learned state depends on: the stages and the online settings."""
+    keep = {
+        "stages": [s.model_dump(mode="json", include={"name", "model"}) for s in entry.stages],
+        "online": entry.online.model_dump(mode="json", exclude={"checkpoint_every_items"})
+        if entry.online
+        else None,
+    }
+    text = json.dumps(keep, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class OnlineServedCascade(ServedCascade):
+    """A classify cascade served by an :class:`~tiered.online.OnlineCascade`."""
+
+    def __init__(
+        self,
+        entry: CascadeEntry,
+        cascade: Cascade,
+        metrics: GatewayMetrics,
+        *,
+        deadline_s: float,
+        store: sqlite3.Connection | None = None,
+    ) -> None:
+        from tiered.online import OnlineCascade
+
+        assert entry.online is not None
+        if len(cascade.stages) < 2:
+            raise ConfigError(
+                f"online cascade '{entry.name}' needs a cheap stage and an expert (2+ stages)",
+                field="stages",
+            )
+        super().__init__(entry, cascade, metrics, deadline_s=deadline_s)
+        self.learner = OnlineCascade(
+            cheap=cascade.stages[:-1],
+            expert=cascade.stages[-1],
+            config=entry.online.online_config(),
+        )
+        self.checkpoint_every = entry.online.checkpoint_every_items
+        self.store = store
+        self.hash = config_hash(entry)
+        self._lock = asyncio.Lock()
+        self._unsaved = 0
+        if store is not None:
+            self._load()
+        else:
+            logger.warning(
+                "online cascade '%s' has no store (server.store): what it learns is lost "
+                "when the gateway stops",
+                self.name,
+            )
+
+    @classmethod
+    def build(
+        cls,
+        entry: CascadeEntry,
+        metrics: GatewayMetrics,
+        *,
+        deadline_s: float,
+        resources: dict[str, Any] | None = None,
+    ) -> ServedCascade:
+        resources = resources if resources is not None else {}
+        spec = cascade_spec(entry, resources)
+        ctx = BuildContext(base_dir=entry.base_dir, resources=resources)
+        try:
+            cascade = spec.build(ctx)
+        except ConfigError as exc:
+            raise entry.located(exc) from exc
+        return cls(entry, cascade, metrics, deadline_s=deadline_s, store=resources.get("store"))
+
+    # ------------------------------------------------------------------ store
+
+    def _load(self) -> None:
+        assert self.store is not None
+        try:
+            self.store.execute(_SCHEMA)
+            row = self.store.execute(
+                "SELECT config_hash, n_items, state FROM gateway_online WHERE cascade = ?",
+                (self.name,),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read online state of '{self.name}': {exc}") from exc
+        if row is None:
+            return
+        saved_hash, n_items, blob = row
+        if saved_hash != self.hash:
+            raise StoreError(
+                f"the store holds online state of cascade '{self.name}' learned with a "
+                "different config (stages or online settings); rename the cascade, use "
+                "another store, or delete its row from table gateway_online"
+            )
+        self.learner.load_state_dict(pickle.loads(zlib.decompress(blob)))
+        logger.info("online cascade '%s' resumed after %d items", self.name, n_items)
+
+    def _state_blob(self) -> bytes:
+        return zlib.compress(pickle.dumps(self.learner.state_dict(), protocol=5), 1)
+
+    def _write(self, blob: bytes) -> None:
+        assert self.store is not None
+        try:
+            self.store.execute(
+                "INSERT OR REPLACE INTO gateway_online "
+                "(cascade, config_hash, n_items, state, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (self.name, self.hash, self.learner.n_items, blob, time.time()),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot save online state of '{self.name}': {exc}") from exc
+
+    def save(self) -> None:
+        """Write the learned state now (also done every ``checkpoint_every_items``)."""
+        if self.store is not None:
+            self._write(self._state_blob())
+            self._unsaved = 0
+
+    # ------------------------------------------------------------------ serving
+
+    async def _step(self, items: Sequence[Item]) -> list[Any]:
+        async with self._lock:
+            decisions = await self.learner.aprocess(items)
+            self._unsaved += len(items)
+            if self.store is not None and self._unsaved >= self.checkpoint_every:
+                # pickling a large learner takes a while: off the event loop, still
+                # under the lock so no other step mutates it meanwhile
+                blob = await asyncio.to_thread(self._state_blob)
+                self._write(blob)
+                self._unsaved = 0
+            return decisions
+
+    async def run(self, items: Sequence[Item]) -> list[ItemOutcome]:
+        step = asyncio.ensure_future(self._step(items))
+        step.add_done_callback(lambda t: t.cancelled() or t.exception())
+        decisions = await asyncio.shield(step)
+        names = self.learner.stage_names
+        # the expert's wall time (its calls are timed by InstrumentedModel); the cheap
+        # stages run inside the learner and are not timed one by one
+        tally = CURRENT_TALLY.get()
+        expert_ms = 0.0
+        if tally is not None:
+            expert_ms = 1000 * sum(c.seconds for c in tally.calls if c.stage == names[-1])
+        self.metrics.observe_answers(self.name, names, [d.stage_index for d in decisions])
+        expert = names[-1]
+        out = []
+        for d in decisions:
+            trace = [
+                StageTrace(
+                    stage=d.stage,
+                    accepted=True,
+                    cost_usd=d.cost,
+                    latency_ms=expert_ms if d.stage == expert else 0.0,
+                    signals={"p_correct": d.confidence},
+                )
+            ]
+            if d.audited:
+                trace.append(
+                    StageTrace(stage=expert, accepted=False, cost_usd=0.0, latency_ms=expert_ms)
+                )
+            out.append(
+                ItemOutcome(
+                    label=d.label,
+                    stage=d.stage,
+                    stage_index=d.stage_index,
+                    cost_usd=d.cost,
+                    latency_ms=expert_ms if d.expert_label is not None else 0.0,
+                    confidence=d.confidence,
+                    signals={"p_correct": d.confidence},
+                    trace=trace,
+                    learned=d.expert_label is not None,
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        try:
+            self.save()
+        finally:
+            super().close()
+
+
+__all__ = ["OnlineServedCascade", "config_hash"]
