@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         "contains this ('all', 'none')",
     )
     ap.add_argument("--no-timing", action="store_true", help="skip the 5x1,500 timing run")
+    ap.add_argument(
+        "--show-cascades", action="store_true", help="print the cascades chosen per fold"
+    )
     args = ap.parse_args(argv)
 
     from rich.console import Console
@@ -332,9 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in lines:
         print(f"- {line}")
-    print()
-    for r in rows:
-        print(f"<!-- {r.log}: " + " || ".join(dict.fromkeys(r.structures)) + " -->")
+    if args.show_cascades:
+        print()
+        for r in rows:
+            print(f"{r.log}: " + " || ".join(dict.fromkeys(r.structures)))
     return 0 if not math.isnan(sum(r.quality for r in rows)) else 1
 
 

@@ -398,3 +398,40 @@ def test_any_order_may_put_an_expensive_model_first() -> None:
         for p in cost_order.frontier
     )
     assert len(any_order.structures) > len(cost_order.structures)
+
+
+class _EvenGate:
+    """Admits queries with an even number in their id (a stand-in for a learned gate)."""
+
+    def __init__(self, on_reject: str) -> None:
+        self.on_reject = on_reject
+
+    def admit(self, ctx):  # type: ignore[no-untyped-def]
+        return np.array([int(it.id[1:]) % 2 == 0 for it in ctx.items])
+
+
+@pytest.mark.parametrize("on_reject", ["next", "last"])
+def test_vectorised_evaluator_follows_the_engine_on_gated_stages(on_reject: str) -> None:
+    from tiered.calibrate import StageRef, evaluate_stages
+    from tiered.core.cascade import Cascade, Stage
+    from tiered.models.replay import Replay
+
+    log = make_log(n=120, seed=18, missing=0.05)
+    rules = [
+        Threshold(signal="logprob", threshold=-0.2),
+        AnyOf(rules=[Threshold(signal="logprob", threshold=-0.1), Agreement()]),
+        Agreement(stages=["m0", "m1"], min_agree=1),
+        None,
+    ]
+    gates = [None, _EvenGate(on_reject), None, None]
+    stages, refs = [], []
+    for j, (rule, gate) in enumerate(zip(rules, gates, strict=True)):
+        name = f"m{j}"
+        kw = {} if rule is None else {"rule": rule}
+        stages.append(Stage(name, Replay(log, name), gate=gate, **kw))  # type: ignore[arg-type]
+        refs.append(StageRef(name, j, stages[-1].rule, stages[-1].cost, gate))  # type: ignore[arg-type]
+    slow = Cascade(stages).run(replay_items(log))
+    fast = evaluate_stages(LogView.of(log), refs)
+    assert np.array_equal(fast.answered_by, slow.answered_by)
+    assert np.array_equal(fast.cost, slow.cost)
+    assert np.array_equal(fast.quality, slow.quality, equal_nan=True)

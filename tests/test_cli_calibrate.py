@@ -29,7 +29,7 @@ def test_calibrate_writes_a_cascade_that_meets_the_target(log_file: Path, tmp_pa
     res = runner.invoke(
         app,
         ["calibrate", str(log_file), "--min-quality", "top-0.01", "-o", str(out),
-         "--plot", str(png), "--folds", "3"],
+         "--plot", str(png), "--folds", "3", "--max-stages", "3"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     spec = CascadeSpec.load(out)
@@ -72,6 +72,23 @@ def test_a_bad_target_fails_before_reading_the_log(tmp_path: Path) -> None:
     assert "'min_quality' parameter must be" in str(res.exception)
 
 
+def test_bad_search_options_are_config_errors(log_file: Path, tmp_path: Path) -> None:
+    args = ["calibrate", str(log_file), "-o", str(tmp_path / "x.yaml")]
+    res = runner.invoke(app, [*args, "--order", "random"])
+    assert isinstance(res.exception, ConfigError) and "'order' parameter" in str(res.exception)
+    res = runner.invoke(app, [*args, "--max-stages", "0"])
+    assert isinstance(res.exception, ConfigError)
+    assert "'max_stages' parameter" in str(res.exception)
+
+
+def test_two_stage_limit_is_respected(log_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "two.yaml"
+    args = ["calibrate", str(log_file), "-o", str(out), "--folds", "0", "--max-stages", "2"]
+    res = runner.invoke(app, [*args, "--min-quality", "top-0.02"])
+    assert res.exit_code == 0, res.output
+    assert len(CascadeSpec.load(out).stages) <= 2
+
+
 def test_skip_bad_calibrates_the_good_lines(log_file: Path, tmp_path: Path) -> None:
     lines = log_file.read_text().splitlines()
     lines[4] = lines[4].replace('"cost": ', '"cost": "free", "was": ', 1)
@@ -87,7 +104,8 @@ def test_skip_bad_calibrates_the_good_lines(log_file: Path, tmp_path: Path) -> N
 def test_errors_are_one_line_for_users(log_file: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", "from tiered.cli import main; main()", "calibrate",
-         str(log_file), "--min-quality", "0.999", "-o", str(tmp_path / "x.yaml"), "--folds", "0"],
+         str(log_file), "--min-quality", "0.999", "-o", str(tmp_path / "x.yaml"), "--folds", "0",
+         "--max-stages", "2"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2

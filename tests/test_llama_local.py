@@ -95,7 +95,7 @@ def test_prefix_reuse_evaluates_fewer_tokens_with_the_same_answers(local: LlamaC
         fresh.close()
     # the same up to float noise (another batch split and KV cell order in llama.cpp)
     assert reused.labels == plain.labels
-    np.testing.assert_allclose(reused.probs, plain.probs, atol=0.02)
+    np.testing.assert_allclose(reused.probs, plain.probs, atol=1e-3)
 
 
 def test_long_inputs_are_cut_to_fit_the_context(local: LlamaCpp) -> None:

@@ -350,8 +350,9 @@ def test_budget_stops_spending_at_the_cap_and_settles_real_usage(server: FakeOpe
     prices = {"usd_per_input_token": 1e-6, "usd_per_output_token": 2e-6, "usd_per_request": 1e-6}
     per_call = 10 * 1e-6 + 2 * 2e-6 + 1e-6  # the fake reports 10 tokens in, 2 out
     probe = make(server, prices=prices)
-    worst = probe._requests([Item("i", "a good film 0")])[0].worst_usd
+    worst = probe.worst_case_cost([Item("i", "a good film 0")])
     probe.close()
+    assert worst > 3 * per_call  # input bytes as tokens, max_tokens out
     # room for three real calls plus one worst case, never for a fourth worst case on top
     cap = 3 * per_call + worst + 1e-12
     m = make(server, prices=prices, max_usd=cap, max_concurrency=1)

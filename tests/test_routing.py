@@ -370,3 +370,61 @@ def test_answer_shape_copes_with_huge_numbers_and_no_answer() -> None:
     assert answer_shape(q, "2 + 3 = 5")[ANSWER_SHAPE.index("uses_query_numbers")] == 1.0
     assert answer_shape(q, "9" * 400)[ANSWER_SHAPE.index("final_is_integer")] == 0.0
     assert answer_shape(q, None) == [0.0] * len(ANSWER_SHAPE)
+
+
+def test_scorer_family_masks_are_what_its_rules_do(log: ReplayLog) -> None:
+    from tiered.calibrate.evaluate import StageRef, evaluate_stages
+    from tiered.calibrate.view import LogView
+    from tiered.routing.families import ScorerFamily
+
+    view = LogView.of(log).take(np.arange(200))
+    fam = ScorerFamily(make=_estimator)
+    fam.prepare(view)
+    cands = fam.candidates(view, 1, (0,))
+    assert len(cands) >= 3
+    never = parse_rule({"kind": "never"})
+    for c in cands:
+        # every query reaches "big" (small never accepts); "big" answers what its rule accepts
+        stages = [
+            StageRef("small", 0, never),
+            StageRef("big", 1, c.rule),
+            StageRef("end", 0, never),
+        ]
+        got = evaluate_stages(view, stages).answered_by == 1
+        np.testing.assert_array_equal(got, c.mask)
+
+
+def test_choosing_by_cross_validation_is_never_worse_than_confidence_rules(
+    tmp_path: Path, log: ReplayLog
+) -> None:
+    from tiered.routing.select import calibrate_with_estimators
+
+    sel = calibrate_with_estimators(
+        log, min_quality="top*0.95", folds=3, families=("confidence", "routing")
+    )
+    by = {r.family: r for r in sel.results}
+    assert set(by) == {"confidence", "routing"}
+    if by["confidence"].meets:
+        assert sel.winner.meets and sel.winner.cost <= by["confidence"].cost
+    assert sel.spec.metadata["rule_family_chosen"] == sel.winner.family
+    path = sel.save(tmp_path / "chosen.yaml")
+    ctx = BuildContext(base_dir=tmp_path, resources={"replay_log": log})
+    assert len(load_cascade(path, ctx).run(replay_items(log))) == len(log)
+
+
+def test_cli_calibrate_with_estimators_reports_families_and_saves_the_winner(
+    tmp_path: Path, log: ReplayLog
+) -> None:
+    from typer.testing import CliRunner
+
+    from tiered.cli import app
+
+    path = _write_jsonl(log, tmp_path / "syn.jsonl")
+    out = tmp_path / "c.yaml"
+    args = ["calibrate", str(path), "-o", str(out), "--estimators", "--min-quality", "top*0.95"]
+    got = CliRunner().invoke(app, [*args, "--folds", "2"], env={"COLUMNS": "200"})
+    assert got.exit_code == 0, got.output
+    for family in ("confidence", "scorer", "routing"):
+        assert family in got.output
+    spec = CascadeSpec.load(out)
+    assert spec.metadata["rule_family_chosen"] in ("confidence", "scorer", "routing")

@@ -17,7 +17,15 @@ import numpy as np
 from tiered.calibrate.view import LogView
 from tiered.core.cascade import Cascade, Gate
 from tiered.core.costs import CostModel, RecordedCost
-from tiered.core.rules import DeferralRule, RuleContext
+from tiered.core.rules import (
+    Agreement,
+    AllOf,
+    AnyOf,
+    DeferralRule,
+    Never,
+    RuleContext,
+    Threshold,
+)
 from tiered.core.spec import BuildContext, CascadeSpec
 from tiered.errors import ConfigError
 from tiered.models.replay import Replay
@@ -66,6 +74,41 @@ def _context(
     )
 
 
+def _fast_accept(
+    rule: DeferralRule, view: LogView, col: int, earlier: dict[str, int]
+) -> np.ndarray | None:
+    """The accept mask of a built-in rule from the view's matrices, or None to use the
+    rule's own code. Agreement compares the view's answer codes, made by the same
+    :func:`~tiered.core.rules.normalize_answer` the rule uses: long answers are not
+    normalised again for every cascade scored."""
+    answered = view.answered[:, col]
+    if type(rule) is Threshold:
+        s = view.signals.get(rule.signal)
+        if s is None or np.isnan(s[:, col]).all():
+            return None  # let the rule raise its clear SignalMissingError
+        with np.errstate(invalid="ignore"):
+            m = s[:, col] >= rule.threshold if rule.accepts_above else s[:, col] <= rule.threshold
+        return m & answered
+    if type(rule) is Agreement:
+        names = rule.stages or list(earlier)
+        if not rule.casefold or any(x not in earlier for x in names):
+            return None
+        count = view.agree_count(col, tuple(earlier[x] for x in names), rule.extract)
+        return (count >= rule.min_agree) & answered
+    if type(rule) in (AnyOf, AllOf):
+        any_of = type(rule) is AnyOf
+        mask = np.zeros(view.n, bool) if any_of else np.ones(view.n, bool)
+        for r in rule.rules:  # type: ignore[attr-defined]
+            inner = _fast_accept(r, view, col, earlier)
+            if inner is None:
+                return None
+            mask = mask | inner if any_of else mask & inner
+        return mask & answered
+    if type(rule) is Never:
+        return np.zeros(view.n, dtype=bool)
+    return None
+
+
 def evaluate_stages(view: LogView, stages: Sequence[StageRef]) -> Outcome:
     """Run the cascade ``stages`` over every row of ``view`` (the engine's semantics,
     gates included: a gated-out query skips the stage unpaid)."""
@@ -80,6 +123,9 @@ def evaluate_stages(view: LogView, stages: Sequence[StageRef]) -> Outcome:
     active = np.ones(n, dtype=bool)
     to_last = np.zeros(n, dtype=bool)  # sent straight to the last stage by a gate
     earlier: dict[str, list[str | None]] = {}
+    columns: dict[str, int] = {}  # earlier stage -> its column, for the fast path
+    # with gates an earlier stage may not have run for a query: use the rules' own code
+    gated = any(s.gate is not None for s in stages[:last])
     for k, stage in enumerate(stages):
         if not active.any():
             break
@@ -103,7 +149,11 @@ def evaluate_stages(view: LogView, stages: Sequence[StageRef]) -> Outcome:
         if k == last:
             accepted = np.ones(n, dtype=bool)
         else:
-            accepted = stage.rule(answers, _context(view, stage, k, earlier))
+            fast = None if gated else _fast_accept(stage.rule, view, stage.column, columns)
+            if fast is None:
+                fast = stage.rule(answers, _context(view, stage, k, earlier))
+            accepted = fast
+            columns[stage.name] = stage.column
         done = run & accepted
         answered_by[done] = k
         if answers.quality is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from tiered.cli import calibrate as calibrate  # registers `tiered calibrate`
+from tiered.cli import demo as demo  # registers `tiered demo`
 from tiered.cli import evaluate as evaluate  # registers `tiered eval`
 from tiered.cli import inspect_cascade as inspect_cascade  # `tiered inspect cascade.yaml [LOG]`
 from tiered.cli import inspect_log as inspect_log  # registers `tiered inspect`

@@ -115,6 +115,13 @@ def calibrate_cmd(
         int, typer.Option("--folds", help="Cross-validation folds (0: no cross-validation).")
     ] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fold assignment.")] = 0,
+    max_stages: Annotated[
+        int, typer.Option("--max-stages", help="Most stages per cascade, the last included.")
+    ] = 4,
+    order: Annotated[
+        str,
+        typer.Option("--order", help="Stage order: 'cost' (cheap to expensive) or 'any'."),
+    ] = "cost",
     skip_bad: Annotated[
         bool,
         typer.Option(
@@ -127,21 +134,52 @@ def calibrate_cmd(
             "--rejects", help="Reject file for --skip-bad (default: ./<log>.rejects.jsonl)."
         ),
     ] = None,
+    estimators: Annotated[
+        bool,
+        typer.Option(
+            "--estimators",
+            help="Also try learned quality estimators (a FrugalGPT scorer, cascade routing); "
+            "keep the rule family that cross-validates best (slower).",
+        ),
+    ] = False,
 ) -> None:
     """Find the cheapest cascade meeting a quality target (or the best within a budget)."""
     from rich.console import Console
 
-    from tiered.calibrate import calibrate
+    from tiered.calibrate import SearchSettings, calibrate
     from tiered.calibrate.objective import Objective
     from tiered.cli.evaluate import print_load_summary
     from tiered.io.replay import load_replay
 
-    Objective.make(min_quality, budget)  # a bad target fails before the log is read
+    Objective.make(min_quality, budget)  # bad parameters fail before the log is read
+    settings = SearchSettings(max_stages=max_stages, order=order)  # type: ignore[arg-type]
     console = Console()
     replay_log = load_replay(log, skip_bad=skip_bad, reject_path=rejects)
     print_load_summary(console, replay_log)
+    if estimators:
+        from tiered.cli.calibrate_estimators import calibrate_with_estimators_cli
+
+        calibrate_with_estimators_cli(
+            console,
+            replay_log,
+            out,
+            min_quality=min_quality,
+            budget=budget,
+            folds=folds,
+            seed=seed,
+            settings=settings,
+            plot=plot,
+        )
+        return
     with console.status("calibrating ..."):
-        cal = calibrate(replay_log, min_quality=min_quality, budget=budget, folds=folds, seed=seed)
+        cal = calibrate(
+            replay_log,
+            min_quality=min_quality,
+            budget=budget,
+            folds=folds,
+            seed=seed,
+            settings=settings,
+        )
     print_calibration(console, cal)
     cal.save(out)
     console.print(f"cascade written to {out} ({cal.seconds:.1f} s)")

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from tiered.cli.inspect_log import INSPECTORS
-from tiered.core.rules import DeferralRule, Threshold, Vote, Window
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tiered.core.rules import DeferralRule
 
 
 def describe_rule(rule: DeferralRule | None) -> tuple[str, str]:
     """A short text for a rule and its threshold-like parameter ("" when it has none)."""
     from tiered.calibrate.calibrator import rule_text
+    from tiered.core.rules import Threshold, Vote, Window
     from tiered.routing.rules import CascadeRoute, ExAnteGate, ScorerThreshold
 
     if rule is None:
@@ -61,6 +64,8 @@ def _params(gate: str, rule: str) -> str:
 
 
 def _q(values: np.ndarray) -> str:
+    import numpy as np
+
     v = values[np.isfinite(values)]
     return f"{v.mean():.3f}" if v.size else "-"
 
@@ -69,6 +74,7 @@ def inspect_cascade(
     path: Path, *, log: Path | None = None, skip_bad: bool = False, rejects: Path | None = None
 ) -> None:
     """Print the cascade's stages with their gates and rules, and their outcome on a log."""
+    import numpy as np
     from rich.console import Console
     from rich.table import Table
 

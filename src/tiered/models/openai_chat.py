@@ -860,6 +860,14 @@ class OpenAIChat:
                     out.append(_Request(i, v, params, worst))
         return out
 
+    def worst_case_cost(self, items: Sequence[Item], max_tokens: int | None = None) -> float:
+        """The most answering ``items`` can cost: what the budget reserves for their calls.
+
+        Every call's output is bounded by the spec's ``max_tokens`` (``max_tokens`` here is
+        accepted for callers that pass their own bound, and not used).
+        """
+        return float(sum(r.worst_usd for r in self._requests(items)))
+
     async def _call(
         self, state: _LoopState, req: _Request, stop: list[BaseException]
     ) -> _CallResult:

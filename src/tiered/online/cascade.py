@@ -251,7 +251,8 @@ class OnlineCascade:
         return self.expert.model.predict([plan.items[i] for i in plan.expert_idx.tolist()])
 
     def exploration_rate(self, n: int | None = None) -> float:
-        """P(item ``n`` is sent up anyway) after the warm-up: ``max(beta**n, floor)``."""
+        """P(item ``n`` of the stream is sent up anyway, once past the warm-up):
+        ``max(beta**n, exploration_min)``."""
         n = self.n_items if n is None else n
         cfg = self.config
         return float(max(cfg.exploration_beta**n, cfg.exploration_min))
@@ -578,7 +579,7 @@ class OnlineCascade:
         Cheap models must offer ``state_dict()``/``load_state_dict()``; the expert's
         state (a response cache, say) is its own business.
         """
-        models = []
+        models: list[dict[str, Any] | None] = []
         for stage in self.cheap:
             get = getattr(stage.model, "state_dict", None)
             if get is None:

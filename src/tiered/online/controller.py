@@ -27,11 +27,15 @@ calls where each buys the most, which is why the controller moves a single numbe
    residual (audited outcome minus predicted P(correct), shrunk towards 0 with a prior
    of 100 audits). The controller picks the smallest ``t`` whose prediction reaches ``A``.
 
-Point estimate versus lower bound: holding the lower bound at the target "proves" the
-target at the configured confidence but costs a margin of about one CI half-width in
-agreement, which on a 10k-item stream is several points of expert share; the point
-estimate holds the target on average. ``estimate`` is the default; ``lower_bound`` is
-for users who need the guarantee. Either way, the reported CI says how sure we are.
+Point estimate versus lower bound: the audited estimate of a 10k-item stream with 5%
+audits has a standard error of about 0.008, so steering the point estimate leaves the
+true agreement within about that of the target, on either side (HEADLINES, target 0.96,
+3 seeds: true 0.959-0.962 at 35.6% expert calls). ``control="lower_bound"`` steers the
+lower end of the confidence interval instead (with no shrinking: the bound already
+allows for the noise): it errs on the safe side at a cost in expert calls (same stream:
+true 0.962-0.973 at 38.0%); as the feedback is gradual, the bound itself approaches the
+target from below rather than being guaranteed at every moment. ``estimate`` is the
+default; either way the reported interval says how sure the estimate is.
 """
 
 from __future__ import annotations
@@ -153,9 +157,12 @@ class ThresholdController:
             return self.threshold
         target = float(self.config.target_agreement)  # type: ignore[arg-type]
         n = overall.n
-        stat = overall.low if self.config.control == "lower_bound" else overall.agreement
-        # Few audits make a noisy estimate: shrink the correction towards none.
-        trust = overall.audits / (overall.audits + _PRIOR_FEEDBACK)
+        if self.config.control == "lower_bound":
+            stat, trust = overall.low, 1.0  # the bound already allows for the noise
+        else:
+            # Few audits make a noisy estimate: shrink the correction towards none.
+            stat = overall.agreement
+            trust = overall.audits / (overall.audits + _PRIOR_FEEDBACK)
         if math.isnan(stat) or n == 0:
             stat = target
         horizon = max(self.window, n * self.config.horizon)

@@ -38,10 +38,11 @@ from scipy.optimize import nnls
 
 from tiered.core.answers import AnswerBatch
 from tiered.core.items import Item
+from tiered.core.rules import normalize_answer
 from tiered.core.signals import available_signals, read_signal
 from tiered.errors import ConfigError
 from tiered.io.replay_log import ReplayLog
-from tiered.routing.features import FeatureSpec, Featurizer, query_numbers
+from tiered.routing.features import EMBED_DIM, FeatureSpec, Featurizer, query_numbers
 from tiered.routing.heads import Calibration, CalibrationKind, Head, HeadKind, logit
 
 FORMAT = "tiered.routing.QualityEstimator"
@@ -76,10 +77,42 @@ def _unrecorded(model: str) -> str:
     return unrecorded_answer(model)
 
 
-def normalise(labels: Sequence[str | None], model: str) -> list[str | None]:
-    """Answers as compared for agreement (strip, casefold); a replayed placeholder is None."""
+def normalise(
+    labels: Sequence[str | None], model: str, extract: str | None = None
+) -> list[str | None]:
+    """Answers as ``Agreement`` compares them (``extract``: ``final_number``, ``choice``);
+    a replayed placeholder (answer not recorded) is None."""
     placeholder = _unrecorded(model)
-    return [None if x is None or x == placeholder else x.strip().casefold() for x in labels]
+    return [None if x == placeholder else normalize_answer(x, extract) for x in labels]
+
+
+EXTRACTORS: tuple[str | None, ...] = (None, "final_number", "choice")
+
+
+def choose_extract(labels: Sequence[Sequence[str | None]], models: Sequence[str]) -> str | None:
+    """The answer reduction under which models agree most often (free-text math answers
+    agree on their final number, multiple-choice ones on the option letter)."""
+    best, best_rate = None, -1.0
+    for ex in EXTRACTORS:
+        cols = [
+            np.array(normalise(lab, m, ex), dtype=object)
+            for lab, m in zip(labels, models, strict=True)
+        ]
+        known = [_known(c.tolist()) for c in cols]
+        given = sum(int(k.sum()) for k in known)
+        total = sum(int(_known(list(lab)).sum()) for lab in labels)
+        if total == 0 or given < 0.5 * total:
+            continue  # the reduction finds nothing in most answers
+        agree = pairs = 0
+        for a in range(len(cols)):
+            for b in range(a + 1, len(cols)):
+                both = known[a] & known[b]
+                pairs += int(both.sum())
+                agree += int((both & (cols[a] == cols[b]).astype(bool)).sum())
+        rate = agree / pairs if pairs else 0.0
+        if rate > best_rate + 1e-9:
+            best, best_rate = ex, rate
+    return best
 
 
 def _answer_texts(labels: Sequence[str | None], model: str) -> list[str | None]:
@@ -149,6 +182,10 @@ class QualityEstimator:
         self.seed = seed
         self.use_posthoc = posthoc
         self.fitted_on: str | None = None
+        # how answers are reduced before agreement is judged (chosen when fitting)
+        self.extract: str | None = (
+            None if self.spec.agreement in ("auto", "exact") else (self.spec.agreement)
+        )
         self.n_rows = 0
         self._reset(list(models))
 
@@ -195,7 +232,20 @@ class QualityEstimator:
 
     # -- features --------------------------------------------------------------------------
     def query_matrix(self, items: Sequence[Item]) -> sp.csr_matrix:
-        return self.featurizer.query([it.text for it in items], [_task(it) for it in items])
+        emb = self._embeddings(items) if self.spec.embed else None
+        return self.featurizer.query([it.text for it in items], [_task(it) for it in items], emb)
+
+    def _embeddings(self, items: Sequence[Item]) -> np.ndarray:
+        """MiniLM embeddings, kept in ``item.cache`` under the embedding stage's key: an
+        item embedded by either is not embedded again."""
+        enc = self.featurizer.encoder
+        key = getattr(enc, "cache_key", "routing.embedding")
+        todo = [i for i, it in enumerate(items) if key not in it.cache]
+        if todo:
+            fresh = self.featurizer.embed([items[i].text for i in todo])
+            for i, row in zip(todo, fresh, strict=True):
+                items[i].cache[key] = row.copy()
+        return np.stack([it.cache[key] for it in items]) if items else np.zeros((0, EMBED_DIM))
 
     def _exante_block(self, p: np.ndarray) -> np.ndarray:
         return np.clip(logit(p), -6.0, 6.0) / 3.0
@@ -254,7 +304,7 @@ class QualityEstimator:
         got = {}
         for name, labels in earlier.items():
             if name in self.models:
-                got[self.models.index(name)] = normalise(labels, name)
+                got[self.models.index(name)] = normalise(labels, name, self.extract)
         return got
 
     # -- prediction ------------------------------------------------------------------------
@@ -289,7 +339,7 @@ class QualityEstimator:
         if not self.use_posthoc:
             return self.exante(items)[:, j]
         static = self.posthoc_static(items, j, answers, self.exante(items))
-        mine = normalise(answers.labels, model)
+        mine = normalise(answers.labels, model, self.extract)
         agree = self.agreement(j, mine, self._earlier(earlier or {}))
         X = sp.hstack([static, sp.csr_matrix(agree, dtype=np.float32)], format="csr")
         return self.posthoc_heads[j].predict(X, self._folds(items))
@@ -334,7 +384,15 @@ class QualityEstimator:
             answers = [Replay(sub, name).predict(items) for name in models]
             for j in range(m):
                 self._fit_signals(j, answers[j], present[:, j])
-            norm = [normalise(a.labels, name) for a, name in zip(answers, models, strict=True)]
+            self.extract = (
+                choose_extract([a.labels for a in answers], models)
+                if self.spec.agreement == "auto"
+                else (None if self.spec.agreement == "exact" else self.spec.agreement)
+            )
+            norm = [
+                normalise(a.labels, name, self.extract)
+                for a, name in zip(answers, models, strict=True)
+            ]
             rng = np.random.default_rng(self.seed + 1)
             for j in range(m):
                 self._fit_posthoc(
@@ -439,7 +497,7 @@ class QualityEstimator:
         self.exante_heads[j].partial_fit(self.query_matrix(items), y)
         if answers is not None and self.use_posthoc:
             static = self.posthoc_static(items, j, answers, self.exante(items))
-            mine = normalise(answers.labels, model)
+            mine = normalise(answers.labels, model, self.extract)
             agree = self.agreement(j, mine, self._earlier(earlier or {}))
             X = sp.hstack([static, sp.csr_matrix(agree, dtype=np.float32)], format="csr")
             self.posthoc_heads[j].partial_fit(X, y)
@@ -453,7 +511,7 @@ class QualityEstimator:
         if expert not in answers:
             raise ConfigError(f"no answers of the expert '{expert}' to learn from", field="expert")
         ref = np.empty(len(items), dtype=object)
-        ref[:] = normalise(answers[expert].labels, expert)
+        ref[:] = normalise(answers[expert].labels, expert, self.extract)
         rows = np.flatnonzero(_known(ref.tolist()))
         sub = [items[i] for i in rows.tolist()]
         names = [x for x in answers if x != expert]
@@ -461,7 +519,7 @@ class QualityEstimator:
         for pos, name in enumerate(names):
             batch = answers[name].take(rows)
             mine = np.empty(rows.size, dtype=object)
-            mine[:] = normalise(batch.labels, name)
+            mine[:] = normalise(batch.labels, name, self.extract)
             correct = (mine == ref[rows]).astype(float)
             earlier = {e: answers[e].take(rows).labels for e in names[:pos]}
             self.partial_fit(sub, name, correct, answers=batch, earlier=earlier)

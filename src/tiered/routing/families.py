@@ -69,9 +69,10 @@ class ScorerFamily(RuleFamily):
             if view is self._view:
                 self._static[model] = static
         prev = {
-            est.index(view.models[e]): normalise(view.labels(e), view.models[e]) for e in earlier
+            est.index(view.models[e]): normalise(view.labels(e), view.models[e], est.extract)
+            for e in earlier
         }
-        agree = est.agreement(j, normalise(view.labels(model), name), prev)
+        agree = est.agreement(j, normalise(view.labels(model), name, est.extract), prev)
         X = sp.hstack([static, sp.csr_matrix(agree, dtype=np.float32)], format="csr")
         p = est.posthoc_heads[j].predict(X, est._folds(items))
         if view is self._view:

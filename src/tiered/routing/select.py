@@ -170,8 +170,12 @@ def calibrate_with_estimators(
     seed: int = 0,
     families: Sequence[str] = ("confidence", "scorer", "routing"),
     tolerance: float = 0.005,
+    settings: Any = None,
 ) -> Selection:
-    """Cross-validate each rule family on ``log`` and keep the best (see the module doc)."""
+    """Cross-validate each rule family on ``log`` and keep the best (see the module doc).
+
+    ``settings``: the calibrator's :class:`~tiered.calibrate.SearchSettings` (stages, order).
+    """
     from tiered.calibrate import calibrate
     from tiered.routing.families import with_scorer
 
@@ -200,6 +204,7 @@ def calibrate_with_estimators(
                 folds=folds,
                 seed=seed,
                 cv_tolerance=tolerance,
+                settings=settings,
                 families=with_scorer if name == "scorer" else None,
             )
         except ConfigError as exc:
