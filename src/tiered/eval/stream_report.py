@@ -72,7 +72,7 @@ def stream_figures(
 
     matplotlib.use("Agg")  # files only: never needs a display
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, PercentFormatter
+    from matplotlib.ticker import FuncFormatter, MultipleLocator, PercentFormatter
 
     rows = [r for r in history if r.get("n", 0) > 0]
     if not rows:
@@ -146,7 +146,9 @@ def stream_figures(
         seen = np.concatenate([a[np.isfinite(a)] for a in (agree, lo, win)])
         bottom = min(float(np.min(seen)) if seen.size else 0.9, float(target or 1.0))
         ax.set_ylim(max(0.0, bottom - 0.02), 1.005)
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0 if bottom < 0.9 else 1))
+        # whole-percent ticks only, so no two ticks print the same label
+        ax.yaxis.set_major_locator(MultipleLocator(0.05 if bottom < 0.8 else 0.02))
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         legend_below(ax)
         figs["agreement"] = _fig_png(fig)
 
