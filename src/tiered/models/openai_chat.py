@@ -393,14 +393,6 @@ def openai_error_table() -> dict[type[BaseException], tuple[type[UpstreamError],
     return table
 
 
-# request keys the SDK's create() takes as arguments; any other goes in extra_body
-_SDK_PARAMS = frozenset(
-    {"model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature"}
-    | {"logprobs", "top_logprobs"}
-    | {"n", "seed", "stop", "top_p", "presence_penalty", "frequency_penalty", "logit_bias"}
-)
-
-
 class MalformedResponseError(Exception):
     """A response that is not the JSON an OpenAI-compatible endpoint returns."""
 
@@ -909,11 +901,11 @@ class OpenAIChat:
         import openai
 
         s = self.spec
-        api = state.client.chat.completions if s.endpoint == "chat" else state.client.completions
-        params = {k: v for k, v in req.params.items() if k in _SDK_PARAMS}
-        extra = {k: v for k, v in req.params.items() if k not in _SDK_PARAMS}
-        if extra:  # server-specific parameters (top_k, ...) pass through as they are
-            params["extra_body"] = extra
+        # The SDK's typed create() spends ~1 ms per call transforming params we have already
+        # validated; posting the JSON body through the same client (same auth, timeouts,
+        # error types) skips that. Server-specific parameters (top_k, ...) pass as they are.
+        path = "/chat/completions" if s.endpoint == "chat" else "/completions"
+        params = dict(req.params)
         attempt = 0
         while True:
             reserved = 0.0
@@ -927,8 +919,7 @@ class OpenAIChat:
                     self.calls += 1
                     log.debug("call model=%s endpoint=%s attempt=%d", s.model, s.endpoint, attempt)
                     t0 = time.perf_counter()
-                    raw = await api.with_raw_response.create(**params)
-                    body = raw.http_response.content
+                    body = await state.client.post(path, body=params, cast_to=str)
                     latency = (time.perf_counter() - t0) * 1e3
                 data = json.loads(body)
                 choices, t_in, t_out = parse_response(s.endpoint, data)
