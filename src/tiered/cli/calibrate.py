@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tiered.cli.app import app
+from tiered.cli.options import Rejects, SkipBad
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -122,18 +123,8 @@ def calibrate_cmd(
         str,
         typer.Option("--order", help="Stage order: 'cost' (cheap to expensive) or 'any'."),
     ] = "cost",
-    skip_bad: Annotated[
-        bool,
-        typer.Option(
-            "--skip-bad", help="Skip bad log lines (to the reject file) instead of failing."
-        ),
-    ] = False,
-    rejects: Annotated[
-        Path | None,
-        typer.Option(
-            "--rejects", help="Reject file for --skip-bad (default: ./<log>.rejects.jsonl)."
-        ),
-    ] = None,
+    skip_bad: SkipBad = False,
+    rejects: Rejects = None,
     estimators: Annotated[
         bool,
         typer.Option(

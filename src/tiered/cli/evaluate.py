@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tiered.cli.app import app
+from tiered.cli.options import Rejects, SkipBad
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -103,18 +104,8 @@ def eval_cmd(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write a cost–quality plot (PNG) here.")
     ] = None,
-    skip_bad: Annotated[
-        bool,
-        typer.Option(
-            "--skip-bad", help="Skip bad log lines (to the reject file) instead of failing."
-        ),
-    ] = False,
-    rejects: Annotated[
-        Path | None,
-        typer.Option(
-            "--rejects", help="Reject file for --skip-bad (default: ./<log>.rejects.jsonl)."
-        ),
-    ] = None,
+    skip_bad: SkipBad = False,
+    rejects: Rejects = None,
 ) -> None:
     """Replay CASCADE over LOG: quality, cost, relative cost, stage shares, oracle bound."""
     from rich.console import Console

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from tiered.cli.app import app
+from tiered.cli.options import Rejects, SkipBad
 from tiered.errors import ConfigError
 
 
@@ -80,18 +81,8 @@ def inspect_cmd(
         Path | None,
         typer.Argument(help="For a cascade file: the replay log to replay it on."),
     ] = None,
-    skip_bad: Annotated[
-        bool,
-        typer.Option(
-            "--skip-bad", help="Skip bad log lines (to the reject file) instead of failing."
-        ),
-    ] = False,
-    rejects: Annotated[
-        Path | None,
-        typer.Option(
-            "--rejects", help="Reject file for --skip-bad (default: ./<log>.rejects.jsonl)."
-        ),
-    ] = None,
+    skip_bad: SkipBad = False,
+    rejects: Rejects = None,
 ) -> None:
     """Show what a file holds: for a replay log, its models, their quality, cost and signals."""
     inspector = INSPECTORS.get(path.suffix.lower())

@@ -32,6 +32,7 @@ slower on a busy 2-core machine), so learning runs with BLAS limited to one thre
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeAlias
@@ -41,6 +42,9 @@ import scipy.sparse as sp
 from scipy.special import expit
 from sklearn.linear_model import SGDClassifier
 from threadpoolctl import ThreadpoolController
+
+from tiered.core.answers import AnswerBatch
+from tiered.core.items import Item
 
 Matrix: TypeAlias = np.ndarray | sp.csr_matrix
 
@@ -302,3 +306,56 @@ class OnlineLinear:
 
 
 __all__ = ["LinearParams", "OnlineLinear"]
+
+
+class LinearHeadModel:
+    """``predict``/``learn`` of a cascade stage that puts an :class:`OnlineLinear` on features.
+
+    Subclasses say how items become a design matrix (``_design``) and which head reads it
+    (``_head``); answering, the "no class seen yet" outcome and skipping unlabelled items
+    are the same for every such stage.
+    """
+
+    cost_per_call: float
+
+    def _design(self, items: Sequence[Item]) -> Matrix:
+        raise NotImplementedError
+
+    def _head(self, X: Matrix) -> OnlineLinear:
+        raise NotImplementedError
+
+    def predict(self, items: Sequence[Item]) -> AnswerBatch:
+        t0 = time.perf_counter()
+        n = len(items)
+        X = self._design(items)
+        linear = self._head(X)
+        probs = linear.predict_proba(X)
+        classes = tuple(linear.classes)
+        signals: dict[str, np.ndarray] = {}
+        if linear.n_seen == 0:
+            labels: list[str | None] = [None] * n
+            if not classes:  # no class to give a probability to: signals say "unknown"
+                signals = {s: np.full(n, np.nan) for s in ("max_prob", "margin", "entropy")}
+        else:
+            labels = np.array(classes, dtype=object)[probs.argmax(axis=1)].tolist()
+        elapsed_ms = (time.perf_counter() - t0) * 1000.0
+        return AnswerBatch.from_labels(
+            labels,
+            cost=self.cost_per_call,
+            latency_ms=elapsed_ms / n if n else 0.0,
+            probs=probs,
+            classes=classes,
+            signals=signals,
+        )
+
+    def learn(self, items: Sequence[Item], labels: Sequence[str | None]) -> None:
+        if len(items) != len(labels):
+            raise ValueError(f"got {len(items)} items and {len(labels)} labels")
+        keep = [i for i, y in enumerate(labels) if y is not None]
+        if not keep:
+            return
+        if len(keep) < len(items):
+            items = [items[i] for i in keep]
+            labels = [labels[i] for i in keep]
+        X = self._design(items)
+        self._head(X).partial_fit(X, [str(y) for y in labels])

