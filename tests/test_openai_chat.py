@@ -568,3 +568,17 @@ def test_max_completion_tokens_for_reasoning_models(server: FakeOpenAI) -> None:
     predict(make(server, max_tokens=5, max_tokens_field="max_completion_tokens"), ITEMS[:1])
     body = server.seen[0].body
     assert body["max_completion_tokens"] == 5 and "max_tokens" not in body
+
+
+def test_cache_false_means_no_cache_and_true_without_a_path_is_an_error(
+    server: FakeOpenAI,
+) -> None:
+    # regression: cache=False used to be kept as the cache object and crash at call time
+    model = make(server, cache=False)
+    assert model.cache is None
+    before = server.calls
+    predict(model, [Item("1", "great")])
+    predict(make(server, cache=False), [Item("1", "great")])
+    assert server.calls == before + 2
+    with pytest.raises(ConfigError, match="cache=True needs a place"):
+        make(server, cache=True)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from tiered.config import validation_error_to_config_error
 from tiered.errors import ConfigError
 
 P = TypeVar("P", bound=BaseModel)
@@ -64,4 +65,25 @@ def parse_params(
     return params
 
 
-__all__ = ["parse_params"]
+def spec_from_mapping(schema: type[P], data: Mapping[str, Any]) -> P:
+    """Validate a model's cascade-file mapping as ``schema``; errors name ``model.<field>``."""
+    try:
+        return schema.model_validate(dict(data))
+    except ValidationError as exc:
+        err = validation_error_to_config_error(exc)
+        raise ConfigError(err.reason, field=f"model.{err.field}" if err.field else "model") from exc
+
+
+def spec_from_kwargs(schema: type[P], spec: P | None, params: Mapping[str, Any]) -> P:
+    """A model's spec: the one given, or one built from keyword parameters (never both)."""
+    if spec is not None:
+        if params:
+            raise TypeError("give either a spec or keyword parameters, not both")
+        return spec
+    try:
+        return schema(**params)
+    except ValidationError as exc:
+        raise validation_error_to_config_error(exc) from exc
+
+
+__all__ = ["parse_params", "spec_from_kwargs", "spec_from_mapping"]

@@ -38,14 +38,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from tiered.config import validation_error_to_config_error
 from tiered.core.answers import AnswerBatch
 from tiered.core.items import Item
 from tiered.core.model import ModelTags
 from tiered.core.spec import BuildContext, register_model
 from tiered.errors import ConfigError, ModelError
+from tiered.models._params import spec_from_kwargs, spec_from_mapping
 from tiered.models.llama_server import default_gguf
 
 
@@ -158,13 +158,7 @@ class LlamaCpp:
     """A local GGUF model (llama.cpp, in-process) as a few-shot classifier."""
 
     def __init__(self, spec: LlamaCppSpec | None = None, **params: Any) -> None:
-        if spec is None:
-            try:
-                spec = LlamaCppSpec(**params)
-            except ValidationError as exc:
-                raise validation_error_to_config_error(exc) from exc
-        elif params:
-            raise TypeError("give either a spec or keyword parameters, not both")
+        spec = spec_from_kwargs(LlamaCppSpec, spec, params)
         self.spec = spec
         self.name = spec.name or "llamacpp"
         self.classes = tuple(spec.labels)
@@ -323,11 +317,7 @@ class LlamaCpp:
 @register_model("llamacpp")
 def build_llamacpp(spec: dict[str, Any], ctx: BuildContext) -> LlamaCpp:
     """Build a :class:`LlamaCpp` from its cascade-file mapping (weights load on first use)."""
-    try:
-        parsed = LlamaCppSpec.model_validate(spec)
-    except ValidationError as exc:
-        err = validation_error_to_config_error(exc)
-        raise ConfigError(err.reason, field=f"model.{err.field}" if err.field else "model") from exc
+    parsed = spec_from_mapping(LlamaCppSpec, spec)
     if parsed.model_path is not None and not parsed.model_path.startswith("/"):
         parsed = parsed.model_copy(update={"model_path": str(ctx.base_dir / parsed.model_path)})
     return LlamaCpp(parsed)

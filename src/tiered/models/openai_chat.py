@@ -60,9 +60,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from tiered.config import validation_error_to_config_error
 from tiered.core.answers import AnswerBatch
 from tiered.core.items import Item
 from tiered.core.model import ModelTags
@@ -75,6 +74,7 @@ from tiered.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from tiered.models._params import spec_from_kwargs, spec_from_mapping
 from tiered.store.response_cache import ResponseCache, request_key
 
 log = logging.getLogger(__name__)
@@ -674,7 +674,7 @@ class OpenAIChat:
         self,
         spec: OpenAIChatSpec | None = None,
         *,
-        cache: ResponseCache | str | Path | None = None,
+        cache: ResponseCache | str | Path | bool | None = None,
         budget: Budget | None = None,
         normalizer: Normalizer | str | None = None,
         rng: random.Random | None = None,
@@ -682,16 +682,18 @@ class OpenAIChat:
     ) -> None:
         if isinstance(normalizer, str):  # a registered name or module:function: a spec field
             params["normalizer"], normalizer = normalizer, None
-        if spec is None:
-            try:
-                spec = OpenAIChatSpec(**params)
-            except ValidationError as exc:
-                raise validation_error_to_config_error(exc) from exc
-        elif params:
-            raise TypeError("give either a spec or keyword parameters, not both")
+        spec = spec_from_kwargs(OpenAIChatSpec, spec, params)
         self.spec = spec
         self.name = spec.stage_name
         # a path opens the cache there; the spec's own `cache` field is for the builder
+        if isinstance(cache, bool):  # cache=False reads naturally as "no cache"
+            if cache:
+                raise ConfigError(
+                    "cache=True needs a place to keep responses: pass cache=PATH (a SQLite "
+                    "file) or a ResponseCache",
+                    field="cache",
+                )
+            cache = None
         self.cache = ResponseCache(cache) if isinstance(cache, str | Path) else cache
         self.budget = budget if budget is not None else Budget(spec.max_usd)
         self.normalize = normalizer or resolve_normalizer(spec.normalizer)
@@ -1171,11 +1173,7 @@ def build_openai_chat(spec: dict[str, Any], ctx: BuildContext) -> OpenAIChat:
     (the run's SQLite store, cache table added there) and ``budget`` (a :class:`Budget`
     shared by several stages).
     """
-    try:
-        parsed = OpenAIChatSpec.model_validate(spec)
-    except ValidationError as exc:
-        err = validation_error_to_config_error(exc)
-        raise ConfigError(err.reason, field=f"model.{err.field}" if err.field else "model") from exc
+    parsed = spec_from_mapping(OpenAIChatSpec, spec)
     budget = ctx.resources.get("budget")
     return OpenAIChat(
         parsed,

@@ -305,6 +305,19 @@ class ServedCascade:
             cascade = spec.build(ctx)
         except ConfigError as exc:
             raise entry.located(exc) from exc
+        return cls._create(entry, cascade, metrics, deadline_s=deadline_s, resources=ctx.resources)
+
+    @classmethod
+    def _create(
+        cls,
+        entry: CascadeEntry,
+        cascade: Cascade,
+        metrics: GatewayMetrics,
+        *,
+        deadline_s: float,
+        resources: dict[str, Any],
+    ) -> ServedCascade:
+        """The served cascade around a built one; subclasses take what they need from resources."""
         return cls(entry, cascade, metrics, deadline_s=deadline_s)
 
     @property

@@ -28,10 +28,9 @@ from typing import Any
 
 from tiered.core.cascade import Cascade
 from tiered.core.items import Item
-from tiered.core.spec import BuildContext
 from tiered.errors import ConfigError, StoreError
 from tiered.serve.config import CascadeEntry
-from tiered.serve.engine import CURRENT_TALLY, ItemOutcome, ServedCascade, cascade_spec
+from tiered.serve.engine import CURRENT_TALLY, ItemOutcome, ServedCascade
 from tiered.serve.metrics import GatewayMetrics
 from tiered.serve.protocol import StageTrace
 
@@ -101,21 +100,15 @@ class OnlineServedCascade(ServedCascade):
             )
 
     @classmethod
-    def build(
+    def _create(
         cls,
         entry: CascadeEntry,
+        cascade: Cascade,
         metrics: GatewayMetrics,
         *,
         deadline_s: float,
-        resources: dict[str, Any] | None = None,
+        resources: dict[str, Any],
     ) -> ServedCascade:
-        resources = resources if resources is not None else {}
-        spec = cascade_spec(entry, resources)
-        ctx = BuildContext(base_dir=entry.base_dir, resources=resources)
-        try:
-            cascade = spec.build(ctx)
-        except ConfigError as exc:
-            raise entry.located(exc) from exc
         return cls(entry, cascade, metrics, deadline_s=deadline_s, store=resources.get("store"))
 
     # ------------------------------------------------------------------ store
