@@ -4,10 +4,10 @@ Part 1 starts ``llama_cpp.server`` (Gemma 3 270M) on 127.0.0.1 and classifies Ro
 Tomatoes snippets one call at a time, three ways:
 
 - ``direct``: tiered's own time per call = wall time of ``apredict([item])`` minus the time
-  spent inside the SDK's HTTP call (measured around it in tiered's code path), i.e.
+  spent inside the HTTP call (measured around it in tiered's code path), i.e.
   everything tiered adds: prompt rendering, request building, cache key, budget,
   semaphore, JSON parsing, label-probability extraction, AnswerBatch assembly;
-- ``paired``: wall of ``apredict([item])`` minus wall of the raw SDK call
+- ``paired``: wall of ``apredict([item])`` minus wall of the official SDK's call
   (``client.completions.create`` with the same parameters), alternating which goes first
   (the server's prompt cache favours the second) and averaging;
 - ``paired CPU``: the same difference in CPU time of the calling thread (``thread_time``),

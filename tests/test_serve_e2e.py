@@ -166,8 +166,21 @@ def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) ->
     assert "key=tester" in text
 
 
+_CLIENTS: list[openai.OpenAI] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_clients() -> Iterator[None]:
+    # closed here, not by the garbage collector: an unclosed socket warning fails the run
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
 def client(base: str, key: str = "sk-e2e-tester") -> openai.OpenAI:
-    return openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=30)
+    made = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=30)
+    _CLIENTS.append(made)
+    return made
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -189,6 +202,21 @@ def test_chat_completion_with_trace_and_headers(gateway: str) -> None:
     assert trace["stage"] == "fake-llm" and trace["trace"][0]["latency_ms"] > 0
     assert raw.headers["x-tiered-stage"] == "fake-llm"
     assert float(raw.headers["x-tiered-cost-usd"]) == 0.0
+
+
+def test_the_clients_generation_parameters_reach_the_upstream(
+    gateway: str, upstream: FakeUpstream
+) -> None:
+    upstream.bodies.clear()
+    upstream.keep_bodies = True
+    try:
+        client(gateway).chat.completions.create(
+            model="echo", messages=user("hi"), max_tokens=7, temperature=0.3, stop=["STOP"]
+        )
+    finally:
+        upstream.keep_bodies = False
+    sent = upstream.bodies[-1]
+    assert (sent["max_tokens"], sent["temperature"], sent["stop"]) == (7, 0.3, ["STOP"])
 
 
 def test_streaming_chat(gateway: str) -> None:

@@ -209,7 +209,7 @@ def test_messages_and_generation_parameters_reach_the_stage() -> None:
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "hi"},
     ]
-    assert item.fields == {"max_tokens": 5, "temperature": 0.0, "stop": ["\n"]}
+    assert item.params == {"max_tokens": 5, "temperature": 0.0, "stop": ["\n"]}
 
 
 def test_stream_chunks_parse_as_openai_and_end_with_done() -> None:

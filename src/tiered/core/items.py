@@ -14,13 +14,16 @@ class Item:
     """One request: an id, its input (text or chat messages) and any extra input fields.
 
     ``cache`` holds features computed during the item's trip through the cascade (an
-    embedding, say) so that a later stage does not compute them again.
+    embedding, say) so that a later stage does not compute them again. ``params`` are the
+    generation parameters the caller asked for (``max_tokens``, ``temperature``, ``top_p``,
+    ``stop``, ``seed``: the gateway puts a client's here); text-generating stages honour them.
     """
 
     id: str
     input: str | list[Message]
     fields: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def text(self) -> str:

@@ -28,9 +28,9 @@ What the answers carry, by mode:
   variant is asked too and the signal ``verify`` is 1.0 when both agree after normalisation,
   else 0.0 (``{kind: threshold, signal: verify, threshold: 1}`` accepts agreement).
 
-Robustness: every SDK/HTTP error becomes a :mod:`tiered.errors` error raised ``from`` the
-original (:func:`map_openai_error`); 429, 5xx, 408/409, connection errors, timeouts and
-malformed responses are retried with exponential backoff and jitter (``Retry-After`` is
+Robustness: every HTTP error becomes a :mod:`tiered.errors` error (the stage posts with
+:mod:`tiered.models.upstream_http`'s aiohttp client); 429, 5xx, 408/409, connection errors,
+timeouts and malformed responses are retried with exponential backoff and jitter (``Retry-After`` is
 honoured); at most ``max_concurrency`` requests are in flight; with ``max_usd`` a call is
 refused (:class:`~tiered.errors.BudgetExceededError`) before it *could* take the run's
 spend past the cap: its worst case (input bytes as tokens, ``max_tokens`` out) is reserved
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import importlib
 import json
 import logging
@@ -70,11 +69,10 @@ from tiered.errors import (
     BudgetExceededError,
     ConfigError,
     DataError,
-    RateLimitError,
     UpstreamError,
-    UpstreamTimeoutError,
 )
 from tiered.models._params import spec_from_kwargs, spec_from_mapping
+from tiered.models.upstream_http import UpstreamClient, map_http_status
 from tiered.store.response_cache import ResponseCache, request_key
 
 log = logging.getLogger(__name__)
@@ -351,80 +349,9 @@ class OpenAIChatSpec(BaseModel):
 
 # ---------------------------------------------------------------------------- errors
 
-# (tiered error class, retryable; None = decide by HTTP status). Walked along the MRO, so
-# a subclass the SDK adds later maps like its parent; the test suite fails on any public
-# SDK exception type missing here, so each new one gets a deliberate decision.
-_ERROR_TABLE_BY_NAME: dict[str, tuple[type[UpstreamError], bool | None]] = {
-    "APITimeoutError": (UpstreamTimeoutError, True),
-    "APIConnectionError": (UpstreamError, True),
-    "RateLimitError": (RateLimitError, True),
-    "InternalServerError": (UpstreamError, True),
-    "ConflictError": (UpstreamError, True),
-    "BadRequestError": (UpstreamError, False),
-    "AuthenticationError": (UpstreamError, False),
-    "OAuthError": (UpstreamError, False),
-    "PermissionDeniedError": (UpstreamError, False),
-    "NotFoundError": (UpstreamError, False),
-    "UnprocessableEntityError": (UpstreamError, False),
-    "APIStatusError": (UpstreamError, None),
-    "APIResponseValidationError": (UpstreamError, True),
-    "APIError": (UpstreamError, False),
-    "LengthFinishReasonError": (UpstreamError, False),
-    "ContentFilterFinishReasonError": (UpstreamError, False),
-    "InvalidWebhookSignatureError": (UpstreamError, False),
-    "SubjectTokenProviderError": (UpstreamError, False),
-    "WebSocketConnectionClosedError": (UpstreamError, True),
-    "WebSocketQueueFullError": (UpstreamError, True),
-    "OpenAIError": (UpstreamError, False),
-}
-
-
-@functools.cache
-def openai_error_table() -> dict[type[BaseException], tuple[type[UpstreamError], bool | None]]:
-    """SDK exception class → (tiered error class, retryable) for the installed ``openai``."""
-    import openai
-    from openai import _exceptions
-
-    table: dict[type[BaseException], tuple[type[UpstreamError], bool | None]] = {}
-    for name, target in _ERROR_TABLE_BY_NAME.items():
-        cls = getattr(openai, name, None) or getattr(_exceptions, name, None)
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            table[cls] = target
-    return table
-
 
 class MalformedResponseError(Exception):
     """A response that is not the JSON an OpenAI-compatible endpoint returns."""
-
-
-def _retryable_status(status: int | None) -> bool:
-    return status is not None and (status in (408, 409, 429) or status >= 500)
-
-
-def map_openai_error(
-    exc: BaseException, *, where: str = "", secrets: Sequence[str] = ()
-) -> UpstreamError:
-    """The tiered error for an SDK/HTTP error (raise it ``from exc``); ``secrets`` are masked."""
-    status = getattr(exc, "status_code", None)
-    status = status if isinstance(status, int) else None
-    if isinstance(exc, json.JSONDecodeError | MalformedResponseError):
-        cls, retryable = UpstreamError, True
-        what = f"malformed response: {exc}"
-    else:
-        table = openai_error_table()
-        cls, flag = next(
-            (table[c] for c in type(exc).__mro__ if c in table), (UpstreamError, False)
-        )
-        retryable = _retryable_status(status) if flag is None else flag
-        text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        what = f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "") + f": {text}"
-    message = f"{where}: {what}" if where else what
-    for s in secrets:
-        if s:
-            message = message.replace(s, "***")
-    if len(message) > 500:
-        message = message[:500] + "…"
-    return cls(message, status=status, retryable=retryable)
 
 
 # ---------------------------------------------------------------------------- budget
@@ -555,6 +482,24 @@ def label_distribution(choice: Choice, labels: LabelSet, *, max_skip: int = 3) -
     return None
 
 
+def _logprob_stats(
+    logprobs: Sequence[float], q: float
+) -> tuple[float, float, float, float] | None:
+    """Sum, mean, min and the ``q`` quantile (numpy's linear rule) of the finite log-probs.
+
+    Plain Python: one answer has a few to a few hundred tokens, where ``np.quantile``'s
+    fixed cost (~0.1 ms) is most of a call's own overhead in the gateway.
+    """
+    xs = sorted(x for x in logprobs if math.isfinite(x))
+    if not xs:
+        return None
+    total = math.fsum(xs)
+    h = (len(xs) - 1) * q
+    lo = math.floor(h)
+    hi = min(lo + 1, len(xs) - 1)
+    return total, total / len(xs), xs[0], xs[lo] + (h - lo) * (xs[hi] - xs[lo])
+
+
 # ---------------------------------------------------------------------------- event loops
 
 
@@ -615,7 +560,7 @@ async def _closer(client: Any) -> AsyncGenerator[None, None]:
 class _LoopState:
     """Per event loop: the SDK client (its connection pool is bound to one loop)."""
 
-    client: Any
+    client: UpstreamClient
     semaphore: asyncio.Semaphore
     closer: AsyncGenerator[None, None]
     inflight: dict[str, asyncio.Future[_CallResult]] = field(default_factory=dict)
@@ -758,15 +703,12 @@ class OpenAIChat:
         loop = asyncio.get_running_loop()
         state = self._states.get(loop)
         if state is None:
-            import openai
-
             env = self.spec.api_key_env
-            client = openai.AsyncOpenAI(
-                # the SDK needs some key; servers without auth ignore it
-                api_key=(os.environ.get(env) if env else None) or "no-key",
-                base_url=self._base_url,
-                timeout=self.spec.timeout_s,
-                max_retries=0,  # retried here: one policy, logged, tested
+            client = UpstreamClient(
+                self._base_url,
+                api_key=os.environ.get(env) if env else None,
+                timeout_s=self.spec.timeout_s,
+                max_connections=self.spec.max_concurrency,
             )
             closer = _closer(client)
             await anext(closer)  # started: the loop now finalises it at shutdown
@@ -837,6 +779,8 @@ class OpenAIChat:
             variants = [{"temperature": s.sample_temperature, "seed": j} for j in range(k)]
         out = []
         for i, item in enumerate(items):
+            caller = self._caller_params(item)
+            item_max = caller.get(s.max_tokens_field, max_tokens)
             for v, template in enumerate(prompts):
                 if s.endpoint == "chat":
                     body: dict[str, Any] = {"messages": self._messages(template, item)}
@@ -848,17 +792,39 @@ class OpenAIChat:
                     body = {"prompt": text}
                     size = len(text.encode()) + 8
                 for extra in variants:
-                    params = {**base, **body, **extra}
+                    params = {**base, **body, **extra, **caller}
                     # worst case: a byte-level tokenizer never makes more tokens than bytes
-                    worst = s.prices.of(size, max_tokens * extra.get("n", 1))
+                    worst = s.prices.of(size, item_max * extra.get("n", 1))
                     out.append(_Request(i, v, params, worst))
+        return out
+
+    def _caller_params(self, item: Item) -> dict[str, Any]:
+        """The item's own generation parameters this stage honours (see :class:`Item`).
+
+        Only a ``generate`` stage takes them: a classify stage's decoding is part of how it
+        reads label probabilities. ``max_tokens`` is capped by the spec's ``max_tokens``
+        when one is set (the operator's ceiling); ``temperature`` and ``seed`` only apply
+        with ``samples: 1`` (sampled votes need their own temperature and seeds).
+        """
+        s = self.spec
+        asked = item.params
+        if s.mode != "generate" or not asked:
+            return {}
+        out: dict[str, Any] = {}
+        if isinstance(asked.get("max_tokens"), int) and asked["max_tokens"] > 0:
+            cap = s.max_tokens
+            out[s.max_tokens_field] = min(asked["max_tokens"], cap) if cap else asked["max_tokens"]
+        for name in ("top_p", "stop") + (("temperature", "seed") if s.samples == 1 else ()):
+            if asked.get(name) is not None:
+                out[name] = asked[name]
         return out
 
     def worst_case_cost(self, items: Sequence[Item], max_tokens: int | None = None) -> float:
         """The most answering ``items`` can cost: what the budget reserves for their calls.
 
-        Every call's output is bounded by the spec's ``max_tokens`` (``max_tokens`` here is
-        accepted for callers that pass their own bound, and not used).
+        Each call's output is bounded by the item's own ``max_tokens`` (see
+        :meth:`_caller_params`) or the spec's; ``max_tokens`` here is accepted for callers
+        that pass their own bound, and not used.
         """
         return float(sum(r.worst_usd for r in self._requests(items)))
 
@@ -900,17 +866,13 @@ class OpenAIChat:
     async def _send(
         self, state: _LoopState, req: _Request, key: str, stop: list[BaseException]
     ) -> _CallResult:
-        import openai
-
         s = self.spec
-        # The SDK's typed create() spends ~1 ms per call transforming params we have already
-        # validated; posting the JSON body through the same client (same auth, timeouts,
-        # error types) skips that. Server-specific parameters (top_k, ...) pass as they are.
+        where = f"{s.model} at {self._base_url}"
         path = "/chat/completions" if s.endpoint == "chat" else "/completions"
-        params = dict(req.params)
         attempt = 0
         while True:
             reserved = 0.0
+            retry_after: str | None = None
             try:
                 async with state.semaphore:
                     if stop:
@@ -921,24 +883,34 @@ class OpenAIChat:
                     self.calls += 1
                     log.debug("call model=%s endpoint=%s attempt=%d", s.model, s.endpoint, attempt)
                     t0 = time.perf_counter()
-                    body = await state.client.post(path, body=params, cast_to=str)
+                    reply = await state.client.post_json(
+                        path, req.params, where=where, secrets=self._secrets()
+                    )
                     latency = (time.perf_counter() - t0) * 1e3
-                data = json.loads(body)
-                choices, t_in, t_out = parse_response(s.endpoint, data)
-            except (openai.OpenAIError, json.JSONDecodeError, MalformedResponseError) as exc:
+                if reply.status >= 400:
+                    retry_after = reply.retry_after
+                    raise map_http_status(
+                        reply.status, reply.body, where=where, secrets=self._secrets()
+                    )
+                try:
+                    data = json.loads(reply.body)
+                    choices, t_in, t_out = parse_response(s.endpoint, data)
+                except (ValueError, MalformedResponseError) as exc:
+                    raise UpstreamError(
+                        f"{where}: malformed response: {exc}", status=reply.status, retryable=True
+                    ) from exc
+            except UpstreamError as err:
                 self.budget.release(reserved)
-                err = map_openai_error(
-                    exc, where=f"{s.model} at {self._base_url}", secrets=self._secrets()
-                )
                 if not err.retryable or attempt >= s.max_retries:
                     if attempt:
-                        err = type(err)(
+                        again = type(err)(
                             f"{err} (after {attempt + 1} attempts)",
                             status=err.status,
                             retryable=err.retryable,
                         )
-                    raise err from exc
-                delay = self._backoff(attempt, exc)
+                        raise again from err.__cause__ or err
+                    raise
+                delay = self._backoff(attempt, retry_after)
                 log.info("retrying %s in %.2fs (attempt %d): %s", s.model, delay, attempt + 1, err)
                 attempt += 1
                 await asyncio.sleep(delay)
@@ -962,16 +934,13 @@ class OpenAIChat:
                 )
             return _CallResult(choices, t_in, t_out, usd, latency, False, usd, latency)
 
-    def _backoff(self, attempt: int, exc: BaseException) -> float:
+    def _backoff(self, attempt: int, retry_after: str | None = None) -> float:
         s = self.spec
         cap = min(s.backoff_max_s, s.backoff_s * 2**attempt)
         delay = cap * (0.5 + 0.5 * self._rng.random())  # jitter: spread retries of many calls
-        response = getattr(exc, "response", None)
-        headers = getattr(response, "headers", None)
-        after = headers.get("retry-after") if headers is not None else None
-        if after is not None:
+        if retry_after is not None:
             with contextlib.suppress(ValueError):  # an HTTP date: keep our own delay
-                delay = max(delay, min(float(after), s.backoff_max_s))
+                delay = max(delay, min(float(retry_after), s.backoff_max_s))
         return delay
 
     # ------------------------------------------------------------------ answering
@@ -1070,13 +1039,10 @@ class OpenAIChat:
                 if label_set is not None and probs is not None:
                     probs[i], lp["logprob"][i] = self._label_probs(choices, normed, answer)
                 elif first >= 0:
-                    token_lps = np.asarray(choices[first].logprobs, dtype=float)
-                    token_lps = token_lps[np.isfinite(token_lps)]
-                    if token_lps.size:
-                        lp["logprob_sum"][i] = lp["logprob"][i] = token_lps.sum()
-                        lp["logprob_mean"][i] = token_lps.mean()
-                        lp["logprob_min"][i] = token_lps.min()
-                        lp_q[i] = np.quantile(token_lps, s.logprob_quantile)
+                    stats = _logprob_stats(choices[first].logprobs, s.logprob_quantile)
+                    if stats is not None:
+                        lp["logprob_sum"][i] = lp["logprob"][i] = stats[0]
+                        lp["logprob_mean"][i], lp["logprob_min"][i], lp_q[i] = stats[1:]
             if n_variants == 2:
                 a, b = variant_answers
                 verify[i] = float(a is not None and a == b)
@@ -1193,12 +1159,10 @@ __all__ = [
     "Prices",
     "build_openai_chat",
     "label_distribution",
-    "map_openai_error",
     "normalize_casefold",
     "normalize_choice",
     "normalize_exact",
     "normalize_number",
-    "openai_error_table",
     "parse_response",
     "register_normalizer",
     "resolve_normalizer",

@@ -1,7 +1,7 @@
 """``POST /v1/chat/completions``: a chat request through a cascade.
 
 The request's messages become one item (``Item.input`` is the list of ``{role,
-content}`` messages; the generation parameters the client set are in ``Item.fields``);
+content}`` messages; the generation parameters the client set are in ``Item.params``);
 the answering stage's text is the assistant message. A classify cascade answers with
 its label.
 """
@@ -72,7 +72,7 @@ class OpenAIServingChat(OpenAIServing):
         item = Item(
             id=request_id,
             input=[{"role": m.role, "content": m.text} for m in request.messages],
-            fields=params,
+            params=params,
         )
         run = self.gateway.execute(
             served, [item], principal, request_id=request_id, max_tokens=params.get("max_tokens")

@@ -43,7 +43,7 @@ class OpenAIServingCompletion(OpenAIServing):
         prompts = self.validate(request)
         params = request.params()
         items = [
-            Item(id=f"{request_id}-{i}", input=p, fields=params) for i, p in enumerate(prompts)
+            Item(id=f"{request_id}-{i}", input=p, params=params) for i, p in enumerate(prompts)
         ]
         run = self.gateway.execute(
             served, items, principal, request_id=request_id, max_tokens=params.get("max_tokens")
