@@ -18,9 +18,9 @@ benchmark, an ``httpx.AsyncClient``, then measures
    ``--concurrency`` tasks through the gateway (target: no errors), and the same load
    straight to the upstream for reference.
 
-The stage's upstream client is ``--client openai`` (tiered's ``OpenAIChat`` stage on the
-official SDK: what users run) or ``--client raw`` (a minimal asyncio HTTP/1.1 client
-defined here: the gateway's own cost, without any HTTP library's).
+The stage's upstream client is ``--client openai`` (tiered's ``OpenAIChat`` stage, kind
+``openai``, posting through aiohttp: what users run) or ``--client raw`` (a minimal
+asyncio HTTP/1.1 client defined here: the gateway's own cost, without any HTTP library's).
 """
 
 from __future__ import annotations
