@@ -10,10 +10,18 @@ For every ``*.jsonl`` log in the folder (default ``../shared/data/replay``):
 
 Columns: the best single model (on the whole log) with its quality and cost per query;
 the cascade's held-out quality, its difference to the best model in points, its relative
-cost (cascade cost / best model cost); the oracle's relative cost (cheapest correct model
+cost (cascade cost / best model cost); the standard error of that difference from the
+finite number of queries (paired: per query, the cascade's held-out quality, averaged over
+repeats, minus the best model's; so ± SE is the noise any cascade's Δ carries on that log);
+the difference to the best single model *of each training fold* scored on its held-out
+fold (the single-model choice made under the same protocol, free of the hindsight in
+picking the best model on the whole log); the oracle's relative cost (cheapest correct model
 per query); how many single models the calibrated frontier beats held out (for each
-model: a cascade calibrated to that model's quality reaches it, within the tolerance,
-at lower cost); and the seconds taken.
+model: the cascade calibrated to that model's training-fold quality reaches, pooled
+held out, that model's held-out quality minus ``--tolerance`` (absolute, default 0.5 pt)
+at a mean cost at least ``--cost-tolerance`` (default 1%) below the model's; so the
+cheapest model can never be beaten, and a cascade that is that model alone is not); and
+the seconds taken.
 
 It also times one calibration of a 5-model, 1,500-row log (synthetic, generated here)
 and prints the issue's targets for the chain and RouterBench logs.
@@ -62,10 +70,18 @@ class Row:
     seconds: float = 0.0
     skipped: int = 0
     structures: list[str] = field(default_factory=list)
+    delta_se: float = math.nan  # standard error of Δ from the queries (paired, in points)
+    fold_top_quality: float = math.nan  # the training folds' best single models, held out
+    # per single model: (its held-out quality, cost; the cascade fitted to it, held out)
+    singles_detail: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
 
     @property
     def delta(self) -> float:
         return 100 * (self.quality - self.top_quality)
+
+    @property
+    def delta_fold_top(self) -> float:
+        return 100 * (self.quality - self.fold_top_quality)
 
     @property
     def relative(self) -> float:
@@ -96,9 +112,21 @@ class _Pooled:
 
 def _held_out(cal: Calibration, test: ReplayLog) -> tuple[float, float]:
     """Quality and cost of the calibrated cascade file replayed on ``test`` by the engine."""
+    q, c, _ = _held_out_rows(cal, test)
+    return q, c
+
+
+def _held_out_rows(cal: Calibration, test: ReplayLog) -> tuple[float, float, np.ndarray]:
+    """As :func:`_held_out`, with the quality of every test query."""
     cascade = cal.spec.build(BuildContext(resources={"replay_log": test}))
-    _, report = evaluate_cascade(cascade, test)
-    return report.quality, report.cost_per_item
+    result, report = evaluate_cascade(cascade, test)
+    return report.quality, report.cost_per_item, np.asarray(result.quality, dtype=float)
+
+
+def _add_fold_top(acc: _Pooled, cal: Calibration, test: ReplayLog) -> None:
+    """Add the held-out quality and cost of the best single model of the training rows."""
+    j = test.model_index(cal.top_model)
+    acc.add(len(test), float(test.quality[:, j].mean()), float(test.cost[:, j].mean()))
 
 
 def _singles_check(
@@ -126,6 +154,7 @@ def run_log(path: Path, args: argparse.Namespace, rejects: Path) -> Row:
     target = args.min_quality
     test_path = path.with_name(path.name.replace("_train", "_test"))
     pooled = _Pooled()
+    fold_top = _Pooled()  # each training fold's best single model, held out
     per_model: dict[str, _Pooled] = {}
     singles: dict[str, _Pooled] = {}
     cal_seconds = []
@@ -138,13 +167,16 @@ def run_log(path: Path, args: argparse.Namespace, rejects: Path) -> Row:
         cal = calibrate(log, min_quality=target, **kw)
         cal_seconds.append(time.perf_counter() - t)
         structures.append(cal.chosen.text())
-        pooled.add(len(test), *_held_out(cal, test))
+        q, c, per_row = _held_out_rows(cal, test)
+        pooled.add(len(test), q, c)
+        _add_fold_top(fold_top, cal, test)
         if check_singles:
             _singles_check(cal, test, per_model, singles)
         reference = test
     else:
         mode = f"{args.folds}-fold CV" + (f" x{args.repeats}" if args.repeats > 1 else "")
         rng = np.random.default_rng(args.seed)
+        per_row = np.zeros(len(log))  # held-out quality per query, averaged over repeats
         for r in range(args.repeats):
             assign = rng.permutation(len(log)) % args.folds
             for k in range(args.folds):
@@ -153,12 +185,17 @@ def run_log(path: Path, args: argparse.Namespace, rejects: Path) -> Row:
                 cal = calibrate(train, min_quality=target, seed=args.seed + 7 * r + k, **kw)
                 cal_seconds.append(time.perf_counter() - t)
                 structures.append(cal.chosen.text())
-                pooled.add(len(test), *_held_out(cal, test))
+                q, c, rows_q = _held_out_rows(cal, test)
+                pooled.add(len(test), q, c)
+                _add_fold_top(fold_top, cal, test)
+                per_row[assign == k] += rows_q / args.repeats
                 if check_singles:
                     _singles_check(cal, test, per_model, singles)
         reference = log
     top = top_model(single_models(reference))
     quality, cost = pooled.mean
+    diff = per_row - reference.quality[:, reference.model_index(top.name)]
+    delta_se = 100 * float(np.nanstd(diff)) / math.sqrt(max(len(diff), 1))
     row = Row(
         log=path.stem,
         n=len(log),
@@ -173,11 +210,15 @@ def run_log(path: Path, args: argparse.Namespace, rejects: Path) -> Row:
         calibrate_s=float(np.mean(cal_seconds)),
         skipped=log.skipped,
         structures=structures,
+        delta_se=delta_se,
+        fold_top_quality=fold_top.mean[0],
     )
     for name, cas in per_model.items():
         cq, cc = cas.mean
         sq, sc = singles[name].mean
-        (row.beaten if cq >= sq - args.tolerance and cc < sc else row.not_beaten).append(name)
+        row.singles_detail[name] = (sq, sc, cq, cc)
+        won = cq >= sq - args.tolerance and cc < (1 - args.cost_tolerance) * sc
+        (row.beaten if won else row.not_beaten).append(name)
     row.seconds = time.perf_counter() - started
     return row
 
@@ -215,7 +256,8 @@ def _fmt_rows(rows: list[Row]) -> list[list[str]]:
                 _pct(r.top_quality),
                 f"${r.top_cost:.3g}",
                 _pct(r.quality),
-                f"{r.delta:+.1f}",
+                f"{r.delta:+.1f} ± {r.delta_se:.1f}",
+                f"{r.delta_fold_top:+.1f}",
                 f"{r.relative:.3f}",
                 f"{r.oracle_relative:.3f}",
                 beats,
@@ -235,7 +277,8 @@ HEADERS = [
     "its quality",
     "its cost/query",
     "cascade quality",
-    "Δ pts",
+    "Δ pts ± SE",
+    "Δ vs fold top",
     "cascade rel. cost",
     "oracle rel. cost",
     "singles beaten",
@@ -254,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inner-folds", type=int, default=5, help="the calibrator's own folds")
     ap.add_argument("--tolerance", type=float, default=0.005, help="cv_tolerance (quality)")
     ap.add_argument("--caution", type=float, default=1.0, help="cv_caution (standard errors)")
+    ap.add_argument(
+        "--cost-tolerance",
+        type=float,
+        default=0.01,
+        help="a single model is beaten only by a cascade at least this share cheaper",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--repeats", type=int, default=1, help="repeat the outer CV with new folds (pooled)"
@@ -306,12 +355,19 @@ def main(argv: list[str] | None = None) -> int:
             f"chain logs ({len(chains)}): worst Δ quality {worst:+.1f} pts (target >= -1.0), "
             f"mean relative cost {mean_rel:.3f} (target <= 0.65): {'MET' if ok else 'NOT MET'}"
         )
+        lines.append(
+            f"chain logs: mean Δ {np.mean([r.delta for r in chains]):+.2f} pts; against each "
+            f"training fold's best model held out: mean "
+            f"{np.mean([r.delta_fold_top for r in chains]):+.2f}, worst "
+            f"{min(r.delta_fold_top for r in chains):+.1f} pts"
+        )
     for r in bench:
         if r.beaten or r.not_beaten:
             lines.append(
                 f"{r.log}: cascade beats {len(r.beaten)}/{len(r.beaten) + len(r.not_beaten)} "
-                f"single models held out (cost lower, quality within {100 * args.tolerance:.1f} "
-                f"pt); not beaten: {', '.join(r.not_beaten) or 'none'}"
+                f"single models held out (quality within {100 * args.tolerance:.1f} pt, cost "
+                f"at least {100 * args.cost_tolerance:.0f}% lower); not beaten: "
+                f"{', '.join(r.not_beaten) or 'none'}"
             )
     skipped = [f"{r.log} ({r.skipped})" for r in rows if r.skipped]
     if skipped:
@@ -335,6 +391,20 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in lines:
         print(f"- {line}")
+    details = [r for r in rows if r.singles_detail]
+    if details:
+        print()
+        for r in details:
+            print(f"{r.log}: each single model vs the cascade fitted to its quality, held out")
+            print()
+            print(
+                "| model | its quality | its cost | cascade quality | cascade cost / its | beaten |"
+            )
+            print("|---|---|---|---|---|---|")
+            for name, (sq, sc, cq, cc) in sorted(r.singles_detail.items(), key=lambda x: x[1][1]):
+                won = "yes" if name in r.beaten else "no"
+                print(f"| {name} | {_pct(sq)} | ${sc:.3g} | {_pct(cq)} | {cc / sc:.2f}x | {won} |")
+            print()
     if args.show_cascades:
         print()
         for r in rows:

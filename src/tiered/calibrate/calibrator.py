@@ -295,14 +295,20 @@ class _Fold:
             got = self.cache[key] = (float(out.cost.sum()), out.quality)
         return got
 
-    def fallback(self, objective: Objective) -> Point:
+    def base(self, target: float | None) -> int:
+        """The single model a quality target asks for on the training rows: the cheapest
+        that reaches it (the best model for ``top``), else the best model."""
+        got = choose(self.result.singles, target, None) if target is not None else None
+        return self.top if got is None else got.config.final
+
+    def fallback(self, objective: Objective, target: float | None = None) -> Point:
         """What a fold uses when a structure cannot meet the objective there: a single model
-        (the best one for a quality target, the best affordable one for a budget)."""
+        (the cheapest reaching a quality target, the best affordable one for a budget)."""
         singles = self.result.singles
         if objective.budget is not None:
             got = choose(singles, None, objective.budget)
             return got or min(singles, key=lambda p: p.cost)
-        return singles[self.top]
+        return singles[self.base(target)]
 
 
 class _Session:
@@ -400,9 +406,14 @@ class _Session:
         margins = BUDGET_SHARES if budget_mode else QUALITY_MARGINS
         targets = [_resolve(q_obj, f.top_quality) for f in runs]
         structures = self._candidates(objective, target)
-        top_held_out = np.concatenate([f.test.quality[:, f.top] for f in runs])
-        top_j = self.view.top()[0]
-        baseline: Structure = ((top_j, ""),)
+        # the paired baseline: the single model that meets the target on each training fold
+        # (the best one for ``top``; for a lower target, the cheapest model reaching it)
+        base_held_out = np.concatenate(
+            [f.test.quality[:, f.base(t)] for f, t in zip(runs, targets, strict=True)]
+        )
+        single = choose(self.result.singles, target, None) if target is not None else None
+        base_j = self.view.top()[0] if single is None else single.config.final
+        baseline: Structure = ((base_j, ""),)
         if baseline not in structures and not budget_mode:
             structures.append(baseline)
         best: tuple[tuple[float, ...], Structure, float, float, float, list[Any]] | None = None
@@ -413,15 +424,15 @@ class _Session:
                 held_out = []
                 for f, t in zip(runs, targets, strict=True):
                     p = _with_margin(f.result.structures.get(key, []), objective, t, margin)
-                    c, q = f.score(p if p is not None else f.fallback(objective))
+                    c, q = f.score(p if p is not None else f.fallback(objective, t))
                     cost += c
                     held_out.append(q)
                     per_fold.append({"quality": float(q.mean()), "cost_per_item": c / f.test.n})
                 qv = np.concatenate(held_out)
                 cq, cc = float(qv.mean()), cost / n
                 # a cascade whose quality rests on many queries where it differs from the
-                # best model must clear the target by more (a paired standard error)
-                doubt = self.caution * float(np.std(qv - top_held_out)) / math.sqrt(n)
+                # baseline model must clear the target by more (a paired standard error)
+                doubt = self.caution * float(np.std(qv - base_held_out)) / math.sqrt(n)
                 ok = (ref is None or cq - doubt >= ref - self.tolerance - _EPS) and (
                     not budget_mode or cc <= objective.budget * (1 + 1e-9)  # type: ignore[operator]
                 )
@@ -500,6 +511,7 @@ def calibrate(
     seed: int = 0,
     cv_tolerance: float = 0.005,
     cv_caution: float = 1.0,
+    cv_repeats: int = 1,
     settings: SearchSettings | None = None,
     families: FamilyFactory | None = None,
 ) -> Calibration:
@@ -512,7 +524,10 @@ def calibrate(
       ``1``: choose on the fitted rows alone).
     - ``cv_tolerance``: how far below the target the pooled held-out quality may fall.
     - ``cv_caution``: how many paired standard errors (held-out quality differences to the
-      best single model) a structure's held-out quality must clear the target by.
+      baseline single model: the best one for ``top``, else the cheapest one reaching the
+      target) a structure's held-out quality must clear the target by.
+    - ``cv_repeats``: repeat the cross-validation with new folds (pooled); each repeat costs
+      another ``folds`` searches.
     - ``families``: builds the rule families from a view (default
       :func:`~tiered.calibrate.families.default_families`); the extension point for new rules.
     """
@@ -520,6 +535,11 @@ def calibrate(
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 0:
         raise ConfigError(
             f"The 'folds' parameter must be an int >= 0. Got {folds!r} instead.", field="folds"
+        )
+    if isinstance(cv_repeats, bool) or not isinstance(cv_repeats, int) or cv_repeats < 1:
+        raise ConfigError(
+            f"The 'cv_repeats' parameter must be an int >= 1. Got {cv_repeats!r} instead.",
+            field="cv_repeats",
         )
     if not (isinstance(cv_tolerance, int | float) and 0 <= cv_tolerance < 1):
         raise ConfigError(
@@ -536,6 +556,7 @@ def calibrate(
         seed=seed,
         tolerance=float(cv_tolerance),
         caution=float(cv_caution),
+        repeats=cv_repeats,
         settings=settings or SearchSettings(),
         families=families or default_families,
     )

@@ -482,9 +482,7 @@ def label_distribution(choice: Choice, labels: LabelSet, *, max_skip: int = 3) -
     return None
 
 
-def _logprob_stats(
-    logprobs: Sequence[float], q: float
-) -> tuple[float, float, float, float] | None:
+def _logprob_stats(logprobs: Sequence[float], q: float) -> tuple[float, float, float, float] | None:
     """Sum, mean, min and the ``q`` quantile (numpy's linear rule) of the finite log-probs.
 
     Plain Python: one answer has a few to a few hundred tokens, where ``np.quantile``'s
