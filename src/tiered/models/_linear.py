@@ -33,6 +33,7 @@ slower on a busy 2-core machine), so learning runs with BLAS limited to one thre
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeAlias
@@ -40,6 +41,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 from threadpoolctl import ThreadpoolController
 
@@ -305,7 +307,147 @@ class OnlineLinear:
         self.load_state_dict(state)
 
 
-__all__ = ["LinearParams", "OnlineLinear"]
+class MemoryLogistic:
+    """Multinomial logistic regression refitted on a bounded memory of labelled rows.
+
+    For dense features of modest width (sentence embeddings): a stream stage gets few
+    labels, and plain SGD on unit-length embeddings is far from the optimum after a few
+    thousand of them (on HEADLINES, MiniLM + SGD needs the expert for 52% of items at
+    agreement 0.96, the same embeddings with a fitted logistic regression about 32%).
+    So each ``partial_fit`` adds its rows to a memory of the newest ``memory`` *distinct*
+    rows (a row seen again, e.g. replayed, replaces its older copy: no double weight) and
+    refits by L-BFGS, warm-started from the current weights (a few iterations once the
+    memory is large). Cost per call grows with ``memory * n_features``: about 0.1-0.4 s
+    for 5000 x 384 on one core, small next to encoding the texts. Same interface as
+    :class:`OnlineLinear` (classes in first-seen order, uniform probabilities before a fit,
+    a label set that grows).
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        C: float = 10.0,
+        memory: int = 5000,
+        classes: Sequence[str] = (),
+        max_iter: int = 100,
+    ) -> None:
+        self.n_features = n_features
+        self.C = C
+        self.memory = memory
+        self.max_iter = max_iter
+        self.classes: list[str] = [str(c) for c in dict.fromkeys(classes)]
+        self.n_seen = 0
+        self._rows: dict[bytes, tuple[np.ndarray, str]] = {}  # insertion order = age
+        self.coef: np.ndarray | None = None  # (n_fitted, n_features), softmax form
+        self.intercept = np.zeros(0)
+        self.fitted_classes: list[str] = []
+
+    @property
+    def fitted(self) -> bool:
+        return self.coef is not None
+
+    def partial_fit(self, X: Matrix, labels: Sequence[str]) -> None:
+        """Remember the rows with their labels, then refit on the memory."""
+        X = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)
+        y = [str(v) for v in labels]
+        if X.shape[0] != len(y):
+            raise ValueError(f"got {X.shape[0]} rows and {len(y)} labels")
+        if X.shape[1] != self.n_features:
+            raise ValueError(f"got {X.shape[1]} features, expected {self.n_features}")
+        if not y:
+            return
+        self.n_seen += len(y)
+        for row, label in zip(X, y, strict=True):
+            if label not in self.classes:
+                self.classes.append(label)
+            key = row.tobytes()
+            self._rows.pop(key, None)  # re-inserted: now the newest
+            self._rows[key] = (row.copy(), label)
+        while len(self._rows) > self.memory:
+            del self._rows[next(iter(self._rows))]
+        self._refit()
+
+    def _refit(self) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        rows = list(self._rows.values())
+        ys = np.array([y for _, y in rows], dtype=object)
+        present = [c for c in self.classes if c in set(ys.tolist())]
+        if len(present) < 2:
+            return
+        X = np.stack([r for r, _ in rows]).astype(np.float64)
+        lr = LogisticRegression(C=self.C, max_iter=self.max_iter, warm_start=True)
+        order = sorted(present)  # sklearn's class order
+        if self.coef is not None and sorted(self.fitted_classes) == order:
+            pos = [self.fitted_classes.index(c) for c in order]
+            if len(order) == 2:  # sklearn's binary form: one row for the second class
+                lr.coef_ = (self.coef[pos[1]] - self.coef[pos[0]])[None, :]
+                lr.intercept_ = np.array([self.intercept[pos[1]] - self.intercept[pos[0]]])
+            else:
+                lr.coef_ = self.coef[pos].copy()
+                lr.intercept_ = self.intercept[pos].copy()
+        with _one_blas_thread(), warnings.catch_warnings():
+            # a warm start that stops at max_iter is fine: the next call goes on from it
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            lr.fit(X, ys.astype(str))
+        coef, intercept = lr.coef_, lr.intercept_
+        if len(order) == 2:
+            coef = np.vstack([np.zeros_like(coef[0]), coef[0]])
+            intercept = np.array([0.0, intercept[0]])
+        self.coef, self.intercept = np.asarray(coef, dtype=np.float64), intercept.astype(float)
+        self.fitted_classes = [str(c) for c in lr.classes_]
+
+    def predict_proba(self, X: Matrix) -> np.ndarray:
+        """Class probabilities ``(n, len(classes))``: uniform before any fit; classes
+        known but absent from the memory get 0."""
+        n, k = X.shape[0], len(self.classes)
+        if self.coef is None:
+            return np.full((n, k), 1.0 / k) if k else np.zeros((n, 0))
+        z = np.asarray(X @ self.coef.T) + self.intercept
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        p = e / e.sum(axis=1, keepdims=True)
+        out = np.zeros((n, k))
+        out[:, [self.classes.index(c) for c in self.fitted_classes]] = p
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        rows = list(self._rows.values())
+        return {
+            "version": STATE_VERSION,
+            "kind": "memory_logistic",
+            "n_features": self.n_features,
+            "C": self.C,
+            "memory": self.memory,
+            "max_iter": self.max_iter,
+            "classes": list(self.classes),
+            "n_seen": self.n_seen,
+            "X": np.stack([r for r, _ in rows]) if rows else np.zeros((0, self.n_features)),
+            "y": [y for _, y in rows],
+            "coef": None if self.coef is None else self.coef.copy(),
+            "intercept": self.intercept.copy(),
+            "fitted_classes": list(self.fitted_classes),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION or state.get("kind") != "memory_logistic":
+            raise ValueError("not a MemoryLogistic state")
+        if state["n_features"] != self.n_features:
+            raise ValueError(
+                f"state has {state['n_features']} features, this model {self.n_features}"
+            )
+        self.C, self.memory = float(state["C"]), int(state["memory"])
+        self.max_iter = int(state["max_iter"])
+        self.classes = list(state["classes"])
+        self.n_seen = int(state["n_seen"])
+        X = np.asarray(state["X"], dtype=np.float32)
+        self._rows = {row.tobytes(): (row.copy(), y) for row, y in zip(X, state["y"], strict=True)}
+        self.coef = None if state["coef"] is None else np.asarray(state["coef"], dtype=float)
+        self.intercept = np.asarray(state["intercept"], dtype=float)
+        self.fitted_classes = list(state["fitted_classes"])
+
+
+__all__ = ["LinearParams", "MemoryLogistic", "OnlineLinear"]
 
 
 class LinearHeadModel:
@@ -321,7 +463,7 @@ class LinearHeadModel:
     def _design(self, items: Sequence[Item]) -> Matrix:
         raise NotImplementedError
 
-    def _head(self, X: Matrix) -> OnlineLinear:
+    def _head(self, X: Matrix) -> OnlineLinear | MemoryLogistic:
         raise NotImplementedError
 
     def predict(self, items: Sequence[Item]) -> AnswerBatch:

