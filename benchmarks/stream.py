@@ -155,6 +155,10 @@ class Result:
     usd_expert_only: float
     items_per_s: float  # wall clock
     items_per_cpu_s: float  # process CPU time: the machine is shared, wall time is noisy
+    # the second half of the stream (HEADLINES: the test split, after the train split):
+    # what the cascade costs once it has learned
+    late_calls: float = 1.0
+    late_agreement: float = 1.0
 
 
 def run_online(
@@ -176,6 +180,8 @@ def run_online(
     st = oc.stats()
     labels = np.array([d.label for d in decisions], dtype=object)
     expert = np.array([it.fields["label"] for it in items], dtype=object)
+    called = np.array([d.expert_label is not None for d in decisions])
+    late = slice(len(items) // 2, None)
     return Result(
         calls=st.expert_share,
         answers=st.stage_share["expert"],
@@ -187,6 +193,8 @@ def run_online(
         usd_expert_only=st.usd_expert_only,
         items_per_s=len(items) / elapsed,
         items_per_cpu_s=len(items) / max(cpu, 1e-9),
+        late_calls=float(called[late].mean()),
+        late_agreement=float(np.mean(labels[late] == expert[late])),
     )
 
 
@@ -331,9 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     header = (
         "| dataset | policy | target | expert calls | expert answers | agreement (true) "
         "| audited estimate [95% CI] | accuracy vs gold | USD (expert only) "
-        "| items/s (wall / CPU) |"
+        "| items/s (wall / CPU) | 2nd half: calls / agreement |"
     )
-    lines = [header, "|" + "---|" * 10]
+    lines = [header, "|" + "---|" * 11]
     speed_lines: list[str] = []
     floor_lines: list[str] = []
     for name, rows in datasets.items():
@@ -341,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         base = run_expert_only(rows, args.batch_size)
         lines.append(
             f"| {name} | expert only | - | 100% | 100% | 1.0000 | - | {base.accuracy:.4f} "
-            f"| {base.usd:.2f} ({base.usd_expert_only:.2f}) | {speed([base])} |"
+            f"| {base.usd:.2f} ({base.usd_expert_only:.2f}) | {speed([base])} | 100% / 1.0000 |"
         )
         cache: dict[float, Result] = {}
         emb: Embeddings | None = None
@@ -368,7 +376,8 @@ def main(argv: list[str] | None = None) -> None:
                         f"  {policy} target {target} seed {s}: calls {pct(r.calls)} answers "
                         f"{pct(r.answers)} true {r.agreement:.4f} est {fmt(r.estimate)} "
                         f"[{r.ci[0]:.4f}, {r.ci[1]:.4f}] {'in' if inside else 'OUT OF'} CI, "
-                        f"{speed([r])} items/s (wall / CPU)",
+                        f"{speed([r])} items/s (wall / CPU); 2nd half calls "
+                        f"{pct(r.late_calls)} true {r.late_agreement:.4f}",
                         file=sys.stderr,
                     )
                 lines.append(
@@ -382,7 +391,9 @@ def main(argv: list[str] | None = None) -> None:
                     f"{statistics.mean(r.ci[1] for r in runs):.4f}] "
                     f"| {statistics.mean(r.accuracy for r in runs):.4f} "
                     f"| {statistics.mean(r.usd for r in runs):.2f} "
-                    f"({runs[0].usd_expert_only:.2f}) | {speed(runs)} |"
+                    f"({runs[0].usd_expert_only:.2f}) | {speed(runs)} "
+                    f"| {pct(statistics.mean(r.late_calls for r in runs))} / "
+                    f"{statistics.mean(r.late_agreement for r in runs):.4f} |"
                 )
                 if policy == cascades[0][0]:
                     agree = statistics.mean(r.agreement for r in runs)
@@ -392,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"| {name} | fixed threshold {t:.3f} (hashed n-gram) | same agreement "
                     f"| {pct(b.calls)} | {pct(b.answers)} | {b.agreement:.4f} | - "
                     f"| {b.accuracy:.4f} | {b.usd:.2f} ({b.usd_expert_only:.2f}) "
-                    f"| {speed([b])} |"
+                    f"| {speed([b])} | {pct(b.late_calls)} / {b.late_agreement:.4f} |"
                 )
         if args.floor:
             shares = supervised_floor(rows, args.targets, args.batch_size)
