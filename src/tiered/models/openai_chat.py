@@ -556,7 +556,7 @@ async def _closer(client: Any) -> AsyncGenerator[None, None]:
 
 @dataclass
 class _LoopState:
-    """Per event loop: the SDK client (its connection pool is bound to one loop)."""
+    """Per event loop: the HTTP client (its connection pool is bound to one loop)."""
 
     client: UpstreamClient
     semaphore: asyncio.Semaphore
