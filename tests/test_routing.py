@@ -412,6 +412,38 @@ def test_choosing_by_cross_validation_is_never_worse_than_confidence_rules(
     assert len(load_cascade(path, ctx).run(replay_items(log))) == len(log)
 
 
+def test_a_learned_family_must_win_by_the_minimum_gain() -> None:
+    from tiered.routing.select import FamilyCV, choose_family
+
+    def cv(family: str, cost: float, quality: float = 0.9, meets: bool = True) -> FamilyCV:
+        return FamilyCV(family, quality, cost, 0.9, 1.0, 0.9, meets, 0.0, 0.0)
+
+    conf = cv("confidence", 1.0)
+    # 3% cheaper in cross-validation is within the noise of picking the best of three
+    assert choose_family([conf, cv("scorer", 0.97)], budget_mode=False).family == "confidence"
+    assert choose_family([conf, cv("scorer", 0.9)], budget_mode=False).family == "scorer"
+    picked = choose_family([conf, cv("scorer", 0.9), cv("routing", 0.8)], budget_mode=False)
+    assert picked.family == "routing"
+    no_margin = choose_family([conf, cv("scorer", 0.97)], budget_mode=False, min_gain=0.0)
+    assert no_margin.family == "scorer"
+    # a family that meets the objective always beats one that does not
+    missing = cv("confidence", 0.5, meets=False)
+    assert choose_family([missing, cv("routing", 0.99)], budget_mode=False).family == "routing"
+    # under a budget the gain is in the error rate: 0.10 -> 0.095 is 5%, 0.10 -> 0.097 is not
+    conf_b = cv("confidence", 1.0, quality=0.90)
+    assert choose_family([conf_b, cv("scorer", 1.0, 0.903)], budget_mode=True).family == (
+        "confidence"
+    )
+    assert choose_family([conf_b, cv("scorer", 1.0, 0.906)], budget_mode=True).family == "scorer"
+
+
+def test_min_gain_is_validated(log: ReplayLog) -> None:
+    from tiered.routing.select import calibrate_with_estimators
+
+    with pytest.raises(ConfigError, match="min_gain"):
+        calibrate_with_estimators(log, min_quality="top", min_gain=1.5)
+
+
 def test_cli_calibrate_with_estimators_reports_families_and_saves_the_winner(
     tmp_path: Path, log: ReplayLog
 ) -> None:

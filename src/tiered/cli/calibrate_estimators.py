@@ -3,7 +3,8 @@
 Runs :func:`tiered.routing.select.calibrate_with_estimators`: the calibrator with
 confidence rules only, with the learned FrugalGPT scorer added, and cascade routing, all
 cross-validated on the same folds; prints each family's held-out result and keeps the
-best (so the estimators never make the result worse than confidence rules alone).
+best (so the estimators never make the result worse than confidence rules alone); a learned
+family must beat confidence rules by 5% (``min_gain``) to be chosen.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def calibrate_with_estimators_cli(
             f"{r.seconds:.0f}",
         )
     console.print(table)
+    console.print(
+        "[dim]a learned family replaces confidence rules only when it does 5% better in "
+        "cross-validation (the best of several looks better than it is)[/]"
+    )
     for note in sel.notes:
         console.print(f"[dim]note: {note}[/]")
     fitted = sel.fitted
