@@ -15,7 +15,7 @@ from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
-from scipy import stats
+from scipy.special import betaincinv  # beta quantiles; scipy.stats costs ~0.6 s more to import
 
 CIMethod = Literal["wilson", "clopper_pearson"]
 
@@ -49,8 +49,9 @@ def clopper_pearson_interval(k: float, n: float, confidence: float = 0.95) -> tu
     if n == 0:
         return 0.0, 1.0
     alpha = 1.0 - confidence
-    lo = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2.0, k, n - k + 1))
-    hi = 1.0 if k == n else float(stats.beta.ppf(1.0 - alpha / 2.0, k + 1, n - k))
+    # the q quantile of Beta(a, b) is betaincinv(a, b, q)
+    lo = 0.0 if k == 0 else float(betaincinv(k, n - k + 1, alpha / 2.0))
+    hi = 1.0 if k == n else float(betaincinv(k + 1, n - k, 1.0 - alpha / 2.0))
     return lo, hi
 
 
