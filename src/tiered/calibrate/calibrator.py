@@ -433,9 +433,7 @@ class _Session:
                 # a cascade whose quality rests on many queries where it differs from the
                 # baseline model must clear the target by more (a paired standard error)
                 doubt = self.caution * float(np.std(qv - base_held_out)) / math.sqrt(n)
-                ok = (ref is None or cq - doubt >= ref - self.tolerance - _EPS) and (
-                    not budget_mode or cc <= objective.budget * (1 + 1e-9)  # type: ignore[operator]
-                )
+                ok = objective.met(cq - doubt, cc, ref, self.tolerance)
                 # feasible first; then least cost (quality target) or most quality (budget);
                 # then the simpler structure and the smaller margin
                 value = -cq if budget_mode else cc

@@ -113,6 +113,15 @@ class Objective:
         q = None if min_quality is None else parse_min_quality(min_quality)
         return cls(q, b)
 
+    def met(
+        self, quality: float, cost: float, reference: float | None, tolerance: float = 0.0
+    ) -> bool:
+        """Whether a quality and a cost per item meet the objective: quality at least the
+        resolved target ``reference`` less ``tolerance``, cost within the budget."""
+        return (reference is None or quality >= reference - tolerance - 1e-9) and (
+            self.budget is None or cost <= self.budget * (1 + 1e-9)
+        )
+
     def describe(self, target: float | None = None) -> str:
         parts = []
         if self.budget is not None:

@@ -26,8 +26,6 @@ it). Relative paths resolve against the config file's folder.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tiered.config.yaml_file import load_yaml_model
 from tiered.online.config import OnlineConfig
+from tiered.store.fingerprint import json_fingerprint
 
 EXPERT_STAGE = "expert"
 
@@ -142,8 +141,7 @@ class RunConfig(BaseModel):
             include={"input", "cheap", "expert", "online", "seed"},
             exclude_defaults=True,
         )
-        text = json.dumps(keep, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return json_fingerprint(keep)
 
 
 def load_run_config(path: str | Path) -> RunConfig:

@@ -372,7 +372,8 @@ class MemoryLogistic:
 
         rows = list(self._rows.values())
         ys = np.array([y for _, y in rows], dtype=object)
-        present = [c for c in self.classes if c in set(ys.tolist())]
+        seen = set(ys.tolist())
+        present = [c for c in self.classes if c in seen]
         if len(present) < 2:
             return
         X = np.stack([r for r, _ in rows]).astype(np.float64)
@@ -447,9 +448,6 @@ class MemoryLogistic:
         self.fitted_classes = list(state["fitted_classes"])
 
 
-__all__ = ["LinearParams", "MemoryLogistic", "OnlineLinear"]
-
-
 class LinearHeadModel:
     """``predict``/``learn`` of a cascade stage that puts an :class:`OnlineLinear` on features.
 
@@ -501,3 +499,6 @@ class LinearHeadModel:
             labels = [labels[i] for i in keep]
         X = self._design(items)
         self._head(X).partial_fit(X, [str(y) for y in labels])
+
+
+__all__ = ["LinearHeadModel", "LinearParams", "MemoryLogistic", "OnlineLinear"]

@@ -11,7 +11,7 @@ file prefixes the stage: ``stages.0.model.alpha``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -86,4 +86,19 @@ def spec_from_kwargs(schema: type[P], spec: P | None, params: Mapping[str, Any])
         raise validation_error_to_config_error(exc) from exc
 
 
-__all__ = ["parse_params", "spec_from_kwargs", "spec_from_mapping"]
+def check_labels(labels: list[str]) -> list[str]:
+    """A label set of a classifying model's spec (a pydantic validator body)."""
+    if len(set(labels)) != len(labels):
+        raise ValueError("labels must be unique")
+    return labels
+
+
+def check_words(words: dict[str, str], labels: Sequence[str]) -> dict[str, str]:
+    """The ``{label: word the model says}`` mapping names only known labels."""
+    unknown = sorted(set(words) - set(labels))
+    if unknown:
+        raise ValueError(f"names labels not in 'labels': {unknown}")
+    return words
+
+
+__all__ = ["check_labels", "check_words", "parse_params", "spec_from_kwargs", "spec_from_mapping"]

@@ -45,7 +45,7 @@ from tiered.core.items import Item
 from tiered.core.model import ModelTags
 from tiered.core.spec import BuildContext, register_model
 from tiered.errors import ConfigError, ModelError
-from tiered.models._params import spec_from_kwargs, spec_from_mapping
+from tiered.models._params import check_labels, check_words, spec_from_kwargs, spec_from_mapping
 from tiered.models.llama_server import default_gguf
 
 
@@ -79,17 +79,12 @@ class LlamaCppSpec(BaseModel):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("labels must be unique")
-        return v
+        return check_labels(v)
 
     @field_validator("words")
     @classmethod
     def _words(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        unknown = sorted(set(v) - set(info.data.get("labels") or []))
-        if unknown:
-            raise ValueError(f"names labels not in 'labels': {unknown}")
-        return v
+        return check_words(v, info.data.get("labels") or [])
 
     @field_validator("template")
     @classmethod

@@ -71,7 +71,7 @@ from tiered.errors import (
     DataError,
     UpstreamError,
 )
-from tiered.models._params import spec_from_kwargs, spec_from_mapping
+from tiered.models._params import check_labels, check_words, spec_from_kwargs, spec_from_mapping
 from tiered.models.upstream_http import UpstreamClient, map_http_status
 from tiered.store.response_cache import ResponseCache, request_key
 
@@ -315,17 +315,13 @@ class OpenAIChatSpec(BaseModel):
     def _labels(cls, v: list[str], info: ValidationInfo) -> list[str]:
         if info.data.get("mode") == "classify" and len(v) < 2:
             raise ValueError("classify mode needs at least two labels")
-        if len(set(v)) != len(v):
-            raise ValueError("labels must be unique")
-        return v
+        return check_labels(v)
 
     @field_validator("words")
     @classmethod
     def _words(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         labels = info.data.get("labels") or []
-        unknown = sorted(set(v) - set(labels))
-        if unknown:
-            raise ValueError(f"names labels not in 'labels': {unknown}")
+        check_words(v, labels)
         keys = [normalize_casefold(v.get(x, x)) for x in labels]
         if None in keys or len(set(keys)) != len(keys):
             raise ValueError("label words must be distinct and non-empty (ignoring case)")

@@ -107,9 +107,7 @@ def cross_validate_routing(
             cost += float(sim.cost.sum())
             quality += float(sim.quality.sum())
         cost, quality = cost / n, quality / n
-        meets = (ref is None or quality >= ref - tolerance) and (
-            not budget_mode or cost <= objective.budget * (1 + 1e-9)  # type: ignore[operator]
-        )
+        meets = objective.met(quality, cost, ref, tolerance)
         tried.append((margin, cost, quality, meets))
         if meets:
             break
@@ -259,9 +257,7 @@ def calibrate_with_estimators(
             )
             continue
         ref = rep.reference_quality
-        meets = (ref is None or rep.quality >= ref - rep.tolerance - 1e-9) and (
-            budget is None or rep.cost <= budget * (1 + 1e-9)
-        )
+        meets = objective.met(rep.quality, rep.cost, ref, rep.tolerance)
         results.append(
             FamilyCV(
                 family=name,

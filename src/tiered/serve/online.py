@@ -16,8 +16,6 @@ with a different cascade config is refused rather than mixed in.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import pickle
 import sqlite3
@@ -33,6 +31,7 @@ from tiered.serve.config import CascadeEntry
 from tiered.serve.engine import CURRENT_TALLY, ItemOutcome, ServedCascade
 from tiered.serve.metrics import GatewayMetrics
 from tiered.serve.protocol import StageTrace
+from tiered.store.fingerprint import json_fingerprint
 
 logger = logging.getLogger("tiered.serve")
 
@@ -55,8 +54,7 @@ def config_hash(entry: CascadeEntry) -> str:
         if entry.online
         else None,
     }
-    text = json.dumps(keep, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return json_fingerprint(keep)
 
 
 class OnlineServedCascade(ServedCascade):

@@ -12,7 +12,6 @@ The table (``llm_cache``) lives in the same SQLite state store as a run's checkp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tiered.errors import StoreError
+from tiered.store.fingerprint import json_fingerprint
 from tiered.store.sqlite import connect
 
 _SCHEMA = """
@@ -42,13 +42,9 @@ CREATE TABLE IF NOT EXISTS llm_cache (
 
 def request_key(base_url: str, request: dict[str, Any]) -> str:
     """The cache key of ``request`` (model, messages/prompt, parameters) sent to ``base_url``."""
-    canon = json.dumps(
-        {"base_url": base_url.rstrip("/"), "request": request},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
+    return json_fingerprint(
+        {"base_url": base_url.rstrip("/"), "request": request}, ensure_ascii=False
     )
-    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
