@@ -17,7 +17,12 @@ from tiered.core.spec import build_model
 from tiered.errors import ConfigError, StoreError
 from tiered.models._linear import LinearParams, OnlineLinear
 from tiered.models.embedding import EmbeddingClassifier, EmbeddingModel, Encoder, load_encoder
-from tiered.models.hashed_ngram import HashedNgramClassifier, HashedNgramModel, NgramHasher
+from tiered.models.hashed_ngram import (
+    DocumentFrequencies,
+    HashedNgramClassifier,
+    HashedNgramModel,
+    NgramHasher,
+)
 from tiered.models.label_column import LabelColumn
 
 SMALL = 2**16  # features: plenty for toy data, and quick to allocate
@@ -188,6 +193,38 @@ def test_state_dict_is_compact_and_refuses_another_hashing() -> None:
     assert len(blob) < 1_000_000  # only the weights in use, not 3 x 2**20 floats
     with pytest.raises(StoreError, match="checkpoint of model 'hashed_ngram'"):
         HashedNgramModel(n_features=SMALL).load_state_dict(model.state_dict())
+
+
+def test_idf_weighs_rare_ngrams_up_and_keeps_rows_unit_length() -> None:
+    h = NgramHasher(n_features=SMALL, word_ngram_range=(1, 1), char_ngram_range=(0, 0))
+    df = DocumentFrequencies(SMALL)
+    plain = h.transform(["gold rises"])
+    assert (df.weigh(plain) != plain).nnz == 0  # nothing counted yet: rows stay plain
+    df.count(h.transform(["gold rises", "gold falls", "gold gold gold"]))
+    assert df.n_docs == 3
+    gold, rises = h.transform(["gold"]).indices[0], h.transform(["rises"]).indices[0]
+    assert df.df[gold] == 3  # a word repeated in one text counts once for it
+    row = df.weigh(plain)
+    weight = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
+    assert weight[rises] > weight[gold]  # the rarer word weighs more
+    assert float((row.data**2).sum()) == pytest.approx(1.0)
+
+
+def test_relearned_items_count_once_and_state_keeps_the_counts() -> None:
+    model = HashedNgramModel(n_features=SMALL)
+    items = toy_items(40)
+    for _ in range(3):  # an online cascade replays labelled items
+        model.learn(items, _labels(items))
+    frequencies = model.classifier.df_
+    assert frequencies is not None and frequencies.n_docs == 40
+    fresh = HashedNgramModel(n_features=SMALL)
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.classifier.df_ is not None and fresh.classifier.df_.n_docs == 40
+    probe = toy_items(10, seed=1)
+    assert np.array_equal(model.predict(probe).probs, fresh.predict(probe).probs)
+    plain = HashedNgramModel(n_features=SMALL, idf=False)
+    with pytest.raises(StoreError, match="idf=True"):
+        plain.load_state_dict(model.state_dict())
 
 
 def test_lazy_l2_matches_sklearn_penalised_sgd() -> None:

@@ -221,24 +221,149 @@ def test_exploration_decays_as_beta_to_the_n() -> None:
     assert floor.exploration_rate(10_000) == 0.2
 
 
-def test_audits_happen_at_the_configured_rate_and_are_flagged() -> None:
+def test_audits_happen_at_the_configured_rate_and_output_the_experts_label() -> None:
     # mu = 1: the cheap stage answers everything it can; 20% of that is audited.
     oc = cascade(OnlineConfig(warmup=50, mu=1.0, audit_rate=0.2, exploration_beta=0.0))
     items = topic_stream(3000, seed=3, noise=0.3)
     out = run(oc, items, batch=250)
-    cheap = [d for d in out if d.stage != "expert"]
-    audited = [d for d in cheap if d.audited]
-    assert len(cheap) > 2500
-    assert abs(len(audited) / len(cheap) - 0.2) < 0.03
-    assert not any(d.audited for d in out if d.stage == "expert")
-    for d in audited:  # the cheap label stays; the expert's is recorded next to it
-        assert d.expert_label is not None and d.stage == "nb0"
-    assert all(d.expert_label is None for d in cheap if not d.audited)
+    accepted = [d for d in out if d.stage == "nb0" or d.audited]  # the cheap stage's answers
+    audited = [d for d in out if d.audited]
+    assert len(accepted) > 2500
+    assert abs(len(audited) / len(accepted) - 0.2) < 0.03
+    for d, it in zip(out, items, strict=True):
+        if d.audited:  # the expert's label is the output; the cheap answer is kept beside it
+            assert d.expert_label == it.fields["label"]
+            assert (d.label, d.stage, d.stage_index) == (d.expert_label, "expert", 1)
+            assert d.confidence == 1.0
+            assert d.audited_stage == "nb0" and d.cheap_label in ("a", "b")
+        else:
+            assert d.audited_stage is None and d.cheap_label is None
+    # the audits saw the cheap stage both right and wrong (30% noise words)
+    assert {d.cheap_label == d.expert_label for d in audited} == {True, False}
+    assert all(d.expert_label is None for d in out if d.stage == "nb0")
     st = oc.stats()
     assert st.audits == len(audited)
-    agree = sum(d.label == d.expert_label for d in audited)
+    # the cheap-stage rate is the audited cheap labels' agreement, not the output's (1.0)
+    agree = sum(d.cheap_label == d.expert_label for d in audited)
     assert st.cheap_agreement == pytest.approx(agree / len(audited))
-    assert st.expert_calls == sum(d.stage == "expert" or d.audited for d in out)
+    assert st.cheap_agreement < 0.99
+    # every expert call's label is output: calls == expert answers
+    assert st.expert_calls == sum(d.stage == "expert" for d in out)
+    n_cheap = len(accepted) - len(audited)  # audited answers count under the expert
+    assert st.stage_answers == {"nb0": n_cheap, "expert": len(out) - n_cheap}
+
+
+class AlwaysA:
+    """A cheap stage that does not learn: always 'a', with top probability 0.7."""
+
+    tags = ModelTags(gives_probabilities=True)
+
+    def predict(self, items: Sequence[Item]) -> AnswerBatch:
+        probs = np.tile([0.7, 0.3], (len(items), 1))
+        return AnswerBatch.from_labels(["a"] * len(items), probs=probs, classes=("a", "b"))
+
+
+def a_or_b(n: int, *, p_a: float, seed: int) -> list[Item]:
+    rng = np.random.default_rng(seed)
+    labels = np.where(rng.random(n) < p_a, "a", "b")
+    return [Item(id=str(i), input=f"w{i}", fields={"label": str(y)}) for i, y in enumerate(labels)]
+
+
+def always_a(audit_rate: float, window: int = 2000) -> OnlineCascade:
+    """The cheap stage agrees with the expert exactly on the items labelled 'a'."""
+    cfg = OnlineConfig(
+        warmup=100,
+        mu=0.5,  # threshold 0.5: it answers every item after the warm-up
+        deferral_signal="max_prob",
+        audit_rate=audit_rate,
+        exploration_beta=0.99,
+        window=window,
+    )
+    cheap = [Stage("const", AlwaysA(), cost=FixedCost(usd_per_call=0.0))]
+    return OnlineCascade(cheap, Stage("expert", Column(), cost=FixedCost(usd_per_call=0.01)), cfg)
+
+
+def _estimate_from(decisions: Sequence[OnlineDecision]) -> tuple[float, float, float, float]:
+    """(estimate, CI low, CI high, audited rate) computed by hand from the decisions."""
+    n = len(decisions)
+    n_expert = sum(d.stage == "expert" for d in decisions)  # audited ones included
+    audits = [d for d in decisions if d.audited and d.expert_label is not None]
+    k = sum(d.cheap_label == d.expert_label for d in audits)
+    rate = k / len(audits)
+    lo, hi = wilson_interval(k, len(audits))
+    n_cheap = n - n_expert
+    return (
+        (n_expert + n_cheap * rate) / n,
+        (n_expert + n_cheap * lo) / n,
+        (n_expert + n_cheap * hi) / n,
+        rate,
+    )
+
+
+def test_reported_agreement_counts_audited_items_as_the_experts() -> None:
+    # the cheap stage's true agreement is the share of 'a' (0.8), known by construction
+    items = a_or_b(4000, p_a=0.8, seed=21)
+    oc = always_a(audit_rate=0.25, window=1000)
+    out = run(oc, items, batch=200)
+    audited = [d for d in out if d.audited]
+    assert len(audited) > 500
+    assert all(d.cheap_label == "a" and d.label == d.expert_label for d in audited)
+    assert all(d.label == "a" for d in out if d.stage == "const")
+    st = oc.stats()
+    est, lo, hi, rate = _estimate_from(out)
+    assert st.audited_agreement == pytest.approx(est)
+    assert (st.ci_low, st.ci_high) == pytest.approx((lo, hi))
+    assert st.cheap_agreement == pytest.approx(rate) and abs(rate - 0.8) < 0.05
+    # the window: the same over the last 1000 decisions
+    w_est, w_lo, w_hi, _ = _estimate_from(out[-1000:])
+    assert st.window_agreement == pytest.approx(w_est)
+    assert (st.window_ci_low, st.window_ci_high) == pytest.approx((w_lo, w_hi))
+    # the estimate tells the truth about the output: audited items now agree
+    true = np.mean([d.label == it.fields["label"] for d, it in zip(out, items, strict=True)])
+    assert st.ci_low <= true <= st.ci_high
+    assert abs(st.audited_agreement - true) < 0.02
+    # counting the audited items as cheap answers (their output used to be the cheap
+    # label) would now under-state the output's agreement by audits * (1 - rate) / n
+    n_old_expert = sum(d.stage == "expert" and not d.audited for d in out)
+    old = (n_old_expert + (len(out) - n_old_expert) * rate) / len(out)
+    assert st.audited_agreement - old == pytest.approx(len(audited) * (1 - rate) / len(out))
+    assert st.audited_agreement - old > 0.02
+    assert abs(true - st.audited_agreement) < abs(true - old)
+
+
+def test_audits_feed_the_controller_the_cheap_heads_score_and_outcome() -> None:
+    items = a_or_b(1200, p_a=0.8, seed=22)
+    oc = always_a(audit_rate=0.3)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    observe = oc.controller.observe_audits
+
+    def spy(predicted: np.ndarray, agreed: np.ndarray) -> None:
+        seen.append((predicted.copy(), agreed.copy()))
+        observe(predicted, agreed)
+
+    oc.controller.observe_audits = spy  # type: ignore[method-assign]
+    out = run(oc, items, batch=200)
+    predicted = np.concatenate([p for p, _ in seen])
+    agreed = np.concatenate([a for _, a in seen])
+    audited = [d for d in out if d.audited]
+    assert len(predicted) == len(audited) > 100
+    assert np.all(predicted == 0.7)  # the cheap stage's P(correct), not the output's 1.0
+    assert agreed.tolist() == [float(d.cheap_label == d.expert_label) for d in audited]
+    assert 0 < agreed.mean() < 1
+
+
+def test_meter_state_format_is_unchanged_and_round_trips() -> None:
+    # checkpoints from before audited items output the expert's label still load
+    oc = always_a(audit_rate=0.2)
+    run(oc, a_or_b(600, p_a=0.8, seed=23))
+    state = pickle.loads(pickle.dumps(oc.state_dict()))
+    assert set(state["meter"]) == {
+        "stage", "audited", "agree", "called", "pos", "size",
+        "total_stage", "total_audits", "total_agree", "total_called",
+    }  # fmt: skip
+    again = always_a(audit_rate=0.2)
+    again.load_state_dict(state)
+    assert repr(again.stats()) == repr(oc.stats())
 
 
 def test_one_expert_call_per_batch_and_async_expert() -> None:
@@ -340,10 +465,14 @@ def test_predicted_agreement_matches_a_direct_count() -> None:
         feats = rng.normal(size=(300, k, 6))
         feats[rng.random((300, k)) < 0.2] = np.nan  # stages that did not run
         c.observe(feats)
+        c.observe_audits(np.full(200, 0.9), (rng.random(200) < 0.5).astype(float))
+        assert c.correction < -0.1  # the heads' scores are corrected
         scorers = [lambda x, j=j: 1.0 / (1.0 + np.exp(-x[:, j])) for j in range(k)]
         fast = c.predicted_agreement(scorers)
         s = np.nan_to_num(c.recent_scores(scorers), nan=-1.0)
-        v = np.clip(s + c.correction, 0.0, 1.0)
+        # accepted by stage j: audited (the expert's label, agrees) with audit_rate 0.05,
+        # else agrees with the corrected P(correct)
+        v = 0.05 + 0.95 * np.clip(s + c.correction, 0.0, 1.0)
         for g in (0, 50, 128, 255):
             t = c.grid[g]
             slow = np.mean(
@@ -451,14 +580,17 @@ def test_every_stage_that_ran_is_paid() -> None:
     items = topic_stream(1500, seed=10, noise=0.4)
     out = run(oc, items)
     seen = set()
+    cheap_index = {"nb0": 0, "nb1": 1}
     for d in out:
-        if d.stage == "expert":  # both cheap stages ran (deferred, warm-up or explored)
+        if d.audited:  # the stages up to the audited one ran, and the expert
+            expected = 0.001 * (cheap_index[d.audited_stage] + 1) + 0.01  # type: ignore[index]
+        elif d.stage == "expert":  # both cheap stages ran (deferred, warm-up or explored)
             expected = 0.002 + 0.01
         else:
-            expected = 0.001 * (d.stage_index + 1) + (0.01 if d.audited else 0.0)
+            expected = 0.001 * (d.stage_index + 1)
         assert d.cost == pytest.approx(expected), d
-        seen.add((d.stage, d.audited))
-    assert {("expert", False), ("nb0", False), ("nb0", True), ("nb1", False)} <= seen
+        seen.add((d.stage, d.audited_stage))
+    assert {("expert", None), ("nb0", None), ("expert", "nb0"), ("nb1", None)} <= seen
     st = oc.stats()
     assert st.usd_spent == pytest.approx(sum(d.cost for d in out))
     assert st.usd_expert_only == pytest.approx(0.01 * len(items))
@@ -517,6 +649,12 @@ def test_expert_without_an_answer_is_not_learned_from_nor_counted_as_an_audit() 
     assert gaps and all(d.label is None and d.expert_label is None for d in gaps)
     audited_gaps = sum(d.audited and d.id.endswith("7") for d in out)
     assert audited_gaps > 0
+    for d in out:  # an audit without the expert's label leaves the cheap answer out
+        if d.audited and d.expert_label is None:
+            assert d.stage == d.audited_stage == "nb0" and d.label == d.cheap_label is not None
+            assert d.confidence < 1.0
+        elif d.audited:
+            assert d.stage == "expert" and d.label == d.expert_label
     assert oc.stats().audits == sum(d.audited for d in out) - audited_gaps
     labelled = sum(d.expert_label is not None for d in out)
     assert oc.cheap[0].model.learned + len(oc.pending_items) >= labelled  # type: ignore[attr-defined]
@@ -528,7 +666,7 @@ def test_a_stage_that_is_always_right_gets_to_answer() -> None:
     items = [Item(id=str(i), input="x y z", fields={"label": "a"}) for i in range(600)]
     oc = cascade(OnlineConfig(target_agreement=0.95, warmup=50, window=200))
     out = run(oc, items)
-    assert sum(d.stage == "nb0" for d in out[300:]) > 250
+    assert sum((d.audited_stage or d.stage) == "nb0" for d in out[300:]) > 250
     assert 0.9 < out[-1].confidence < 1.0 or out[-1].stage == "expert"
 
 

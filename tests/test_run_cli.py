@@ -85,7 +85,10 @@ def test_quick_mode_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert all(x["label"] == x["expert_label"] for x in expert)
     assert all(x["cost"] >= 0.002 for x in expert)
     audited = [x for x in lines if x["audited"]]
-    assert all(x["stage"] != "expert" and "expert_label" in x for x in audited)
+    assert audited  # an audited item outputs the expert's label, the cheap one beside it
+    assert all(x["stage"] == "expert" and x["label"] == x["expert_label"] for x in audited)
+    assert all(x["cheap_label"] in ("pos", "neg") for x in audited)
+    assert all("cheap_label" not in x for x in lines if not x["audited"])
     assert set(lines[0]) >= {"id", "label", "stage", "confidence", "cost", "audited"}
     # the rejects: two broken lines, located
     rejects = read_jsonl(Path(f"{out}.rejects.jsonl"))
@@ -171,12 +174,38 @@ def test_config_mode_csv_in_csv_out(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0, err
     with out.open(encoding="utf-8", newline="") as f:
         got = list(csv.DictReader(f))
-    assert list(got[0]) == ["id", "label", "stage", "confidence", "cost", "audited", "expert_label"]
+    assert list(got[0]) == [
+        "id", "label", "stage", "confidence", "cost", "audited", "expert_label", "cheap_label"
+    ]  # fmt: skip
     assert [g["id"] for g in got] == [r["id"] for r in rows]
     assert {g["stage"] for g in got} == {"ngram", "expert"}
-    assert {g["audited"] for g in got} <= {"true", "false"}
+    assert {g["audited"] for g in got} == {"true", "false"}
     assert all(g["label"] == g["expert_label"] for g in got if g["stage"] == "expert")
+    for g in got:  # audited: the expert's label; the cheap one in its own column
+        audited = g["audited"] == "true"
+        assert (g["cheap_label"] != "") == audited
+        assert not audited or (g["stage"] == "expert" and g["cheap_label"] in ("pos", "neg"))
     assert "$6.00 expert-only" in stdout  # 600 items at $0.01
+
+
+def test_a_csv_output_with_other_columns_is_not_resumed(tmp_path: Path) -> None:
+    from tiered.errors import StoreError
+    from tiered.io.sinks import DecisionWriter
+
+    out = tmp_path / "answers.csv"
+    old = b"id,label,stage,confidence,cost,audited,expert_label\nr0,pos,expert,1.0,0.01,false,pos\n"
+    out.write_bytes(old)
+    with pytest.raises(StoreError, match=r"cheap_label.*--fresh"):
+        DecisionWriter(out, committed=len(old))
+    assert out.read_bytes() == old  # left as it was
+    # a CSV of this version resumes
+    new = tmp_path / "new.csv"
+    w = DecisionWriter(new)
+    w.write_rows([DecisionWriter.row("r0", "pos", "expert", 1.0, 0.01, True, "pos", "neg")])
+    size = w.sync()
+    w.close()
+    DecisionWriter(new, committed=size).close()
+    assert new.read_text().splitlines()[1] == "r0,pos,expert,1.0,0.01,true,pos,neg"
 
 
 def test_stdin_input(

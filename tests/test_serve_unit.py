@@ -960,6 +960,35 @@ def test_online_cascade_learns_from_the_expert_under_concurrent_requests(tmp_pat
     gw.close()
 
 
+def test_an_audited_online_answer_is_the_experts_with_the_cheap_stage_in_its_trace(
+    tmp_path: Path,
+) -> None:
+    # every answer the cheap stage accepts is audited: the expert's label is returned
+    gw = online_gateway(tmp_path / "gw.sqlite", CountingExpert(), Memorizer(), audit_rate=1.0)
+    serving = OpenAIServingClassify(gw)
+
+    async def go() -> list[Any]:
+        reqs = [
+            serving.create_classification(
+                ClassifyRequest(model="sent", input=TEXTS[i : i + 6]), ME, request_id=f"r{i}"
+            )
+            for i in range(0, len(TEXTS), 6)
+        ]
+        return await asyncio.gather(*reqs)
+
+    responses = asyncio.run(go())
+    outcomes = [o for r in responses for o in r.execution.outcomes]
+    assert [o.label for o in outcomes] == ["pos" if "good" in t else "neg" for t in TEXTS]
+    assert all(o.stage == "expert" and o.learned for o in outcomes)
+    audited = [o for o in outcomes if len(o.trace) == 2]
+    assert audited  # the cheap stage had learned some texts, and each answer was checked
+    for o in audited:
+        assert [(t.stage, t.accepted) for t in o.trace] == [("memo", False), ("expert", True)]
+        assert o.trace[1].cost_usd == o.cost_usd and o.confidence == 1.0
+    assert gw.cascades["sent"].learner.stats().audits == len(audited)
+    gw.close()
+
+
 def test_online_state_is_saved_to_the_store_and_resumed(tmp_path: Path) -> None:
     db = tmp_path / "gw.sqlite"
     gw = online_gateway(db, CountingExpert(), Memorizer())

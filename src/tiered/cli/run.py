@@ -425,7 +425,16 @@ class StreamRun:
                     f"the online cascade answered id {d.id!r} in the place of {it.id!r}"
                 )
             rows.append(
-                row(it.id, d.label, d.stage, d.confidence, d.cost, d.audited, d.expert_label)
+                row(
+                    it.id,
+                    d.label,
+                    d.stage,
+                    d.confidence,
+                    d.cost,
+                    d.audited,
+                    d.expert_label,
+                    d.cheap_label,
+                )
             )
             stages[d.stage] += 1
         writer.write_rows(rows)

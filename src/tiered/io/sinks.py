@@ -27,6 +27,7 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     "cost",
     "audited",
     "expert_label",
+    "cheap_label",
 )
 
 
@@ -109,13 +110,15 @@ def _num(x: float, digits: int) -> float | None:
 
 
 class DecisionWriter:
-    """Writes one line per decision: id, label, stage, confidence, cost, audited, expert_label."""
+    """Writes one line per decision: id, label, stage, confidence, cost, audited,
+    expert_label, cheap_label (JSONL leaves out the last two when they are None)."""
 
     def __init__(self, path: str | Path, committed: int = 0) -> None:
         self.format = output_format(path)
         header = b""
         if self.format == "csv":
             header = (",".join(OUTPUT_COLUMNS) + "\n").encode()
+            _check_csv_header(Path(path), committed, header)
         self.file = AppendFile(path, committed, header=header)
         self.file.open()  # the output exists even when no item was answered
 
@@ -128,6 +131,7 @@ class DecisionWriter:
         cost: float,
         audited: bool,
         expert_label: str | None,
+        cheap_label: str | None = None,
     ) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": id,
@@ -139,6 +143,8 @@ class DecisionWriter:
         }
         if expert_label is not None:
             out["expert_label"] = expert_label
+        if cheap_label is not None:
+            out["cheap_label"] = cheap_label
         return out
 
     def write_rows(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -165,6 +171,20 @@ class DecisionWriter:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _check_csv_header(path: Path, committed: int, header: bytes) -> None:
+    """Refuse to resume a CSV output whose header has other columns (an older version)."""
+    if committed <= 0 or not path.exists() or path.stat().st_size < committed:
+        return  # nothing to resume, or AppendFile reports what is wrong
+    with path.open("rb") as f:
+        first = f.readline()
+    if first != header:
+        raise StoreError(
+            f"{path} has the columns {first.decode('utf-8', 'replace').strip()!r}, not "
+            f"{','.join(OUTPUT_COLUMNS)!r} (written by another version of tiered); "
+            "start over with --fresh or write to a new output"
+        )
 
 
 class JsonlWriter:

@@ -497,8 +497,12 @@ class LinearHeadModel:
         if len(keep) < len(items):
             items = [items[i] for i in keep]
             labels = [labels[i] for i in keep]
+        self._observe(items)
         X = self._design(items)
         self._head(X).partial_fit(X, [str(y) for y in labels])
+
+    def _observe(self, items: Sequence[Item]) -> None:
+        """Hook: see the labelled items before learning from them (unsupervised state)."""
 
 
 __all__ = ["LinearHeadModel", "LinearParams", "MemoryLogistic", "OnlineLinear"]

@@ -1,19 +1,27 @@
 """Agreement with the expert: what the stream achieved, estimated from audits.
 
 **Definition.** An item *agrees* when the label the cascade output equals the label the
-expert gives (or would give) for it. Items the expert answered agree with themselves by
-definition, so over a set of ``n`` items
+expert gives (or would give) for it. Items whose output is the expert's label agree
+by definition: the ones it answered (deferred, warm-up, exploration) and the
+**audited** ones. Every item a cheap stage accepts is, with the same probability
+``audit_rate``, also sent to the expert; its output becomes the expert's label, and the
+audit records whether the cheap label agreed with it. Over a set of ``n`` items, with
+``expert_answered`` counting the audited items too and ``cheap_answered`` the cheap
+answers that were output (the unaudited ones),
 
     agreement = (expert_answered + cheap_answered_that_agree) / n.
 
-The first term is known. The second is estimated from **audits**: every item a cheap
-stage answers is, with the same probability ``audit_rate``, also sent to the expert;
-its output keeps the cheap label, and the audit records whether the two agree. Audited
-items are thus a uniform random sample of the cheap-answered items, so ``k`` agreeing
-out of ``m`` audits is binomial, and a Wilson or Clopper–Pearson interval ``[lo, hi]``
-for the cheap stages' agreement rate maps to an interval for the overall agreement:
+The first term is known. The second is estimated from the audits: they are a uniform
+random sample of the cheap-accepted items (each is drawn with the same probability,
+independently of its content), so the agreement rate of ``k`` agreeing out of ``m``
+audits is an unbiased estimate of the rate among the unaudited cheap answers, ``k`` is
+binomial, and a Wilson or Clopper–Pearson interval ``[lo, hi]`` for the cheap stages'
+rate maps to an interval for the overall agreement:
 
     [(expert_answered + cheap_answered * lo) / n,  (expert_answered + cheap_answered * hi) / n].
+
+An audit for which the expert gave no label is not counted: its item keeps the cheap
+label and counts as an unaudited cheap answer.
 
 Exploration items (sent up with a rate that decays over the stream) are *not* counted
 as audits: their sampling rate changes with time, so pooling them would over-weight the
@@ -37,9 +45,11 @@ from tiered.online.intervals import CIMethod, binomial_interval
 class AgreementEstimate:
     """Agreement over a set of items, from audits (see the module docstring).
 
+    ``expert_answered`` counts the items whose output is the expert's label (audited
+    ones included), ``cheap_answered`` the cheap answers that were output (unaudited).
     ``agreement`` is NaN when cheap stages answered items but none was audited yet.
-    ``cheap_agreement`` (with ``cheap_low``/``cheap_high``) is the audited agreement
-    rate of cheap-answered items alone.
+    ``cheap_agreement`` (with ``cheap_low``/``cheap_high``) is the cheap stages'
+    agreement rate over the audits.
     """
 
     n: int
@@ -67,7 +77,8 @@ def estimate_agreement(
     confidence: float,
     method: CIMethod,
 ) -> AgreementEstimate:
-    """Combine known expert answers with the audited rate of the cheap answers."""
+    """Combine the known expert outputs (``n_expert``, audited items included) with the
+    audited rate (``agreeing`` of ``audits``) applied to the ``n_cheap`` cheap outputs."""
     n = n_expert + n_cheap
     lo_c, hi_c = binomial_interval(agreeing, audits, confidence, method)
     rate = agreeing / audits if audits else math.nan
@@ -95,7 +106,12 @@ def estimate_agreement(
 
 
 class AgreementMeter:
-    """Counts per item, overall and over the last ``window`` items."""
+    """Counts per item, overall and over the last ``window`` items.
+
+    ``stage`` is the index of the stage whose label was output (an audited item counts
+    under the expert, the last index); ``audited``/``agree`` say whether an audit
+    counted and whether the *cheap* label agreed with the expert's.
+    """
 
     def __init__(self, n_stages: int, window: int) -> None:
         self.n_stages = n_stages  # cheap stages + the expert (the last index)
@@ -114,7 +130,7 @@ class AgreementMeter:
     def add(
         self, stage: np.ndarray, audited: np.ndarray, agree: np.ndarray, called: np.ndarray
     ) -> None:
-        """Record a batch: answering stage index, audit flags and outcomes, expert calls."""
+        """Record a batch: output stage index, audit flags and outcomes, expert calls."""
         self.total_stage += np.bincount(stage, minlength=self.n_stages)
         self.total_audits += int(audited.sum())
         self.total_agree += int((audited & agree).sum())
@@ -172,6 +188,9 @@ class AgreementMeter:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # The format is unchanged since audited items output the expert's label. A state
+        # from before counts its audited items under the cheap stage that answered them,
+        # which is right for those items: their output was the cheap label.
         for k, v in state.items():
             setattr(self, k, v.copy() if isinstance(v, np.ndarray) else v)
 

@@ -10,7 +10,9 @@ For each batch of items (batch-first throughout):
    its answer into P(agrees with the expert); the stage answers the open items whose
    P(correct) reaches the controller's threshold, the rest go on.
 3. **Audits.** Each item a cheap stage answered is audited with probability
-   ``audit_rate``: the expert is asked too, the cheap label is kept.
+   ``audit_rate``: the expert is asked too, and its label is the output (it is paid
+   for); the audit records whether the cheap label agreed with it, which is what
+   measures the cheap stages (see :mod:`tiered.online.audit`).
 4. **One expert call per batch,** on deferred, warm-up, exploration and audited items.
 5. **Learning.** Every expert label trains each cheap stage's deferral head (was the
    stage right?) and goes to the replay cache; every ``refit_every`` new labels, each
@@ -54,15 +56,22 @@ STATE_VERSION = 1
 class OnlineDecision:
     """The cascade's output for one item.
 
-    - ``stage``/``stage_index``: who answered; the expert's stage name (index = number of
-      cheap stages) when the expert answered, including warm-up and exploration items.
+    - ``label``: the output. ``stage``/``stage_index``: whose label it is; the expert's
+      stage name (index = number of cheap stages) when the expert's label is the output:
+      deferred, warm-up, exploration and audited items.
     - ``confidence``: the answering cheap stage's P(agrees with the expert) from its
-      deferral head; 1.0 when the expert answered (it agrees with itself).
+      deferral head; 1.0 when the expert's label is the output (it agrees with itself).
     - ``cost``: USD this item cost: every stage that ran on it, the expert included if it
       was called.
-    - ``audited``: a cheap stage answered and the expert was asked too (the label stays
-      the cheap one); ``expert_label`` is the expert's label whenever it was called.
+    - ``audited``: a cheap stage answered and the expert was asked too, at random. The
+      output is then the expert's label (stage = the expert); ``audited_stage`` and
+      ``cheap_label`` hold the cheap stage and the label it gave, which the audit compared
+      with the expert's. When the expert returned no label, the cheap label stays the
+      output (stage = ``audited_stage``) and the audit does not count.
+    - ``expert_label``: the expert's label whenever it was called (None otherwise, or
+      when it gave none).
     - ``explored``: sent to the expert by warm-up or exploration.
+    - ``audited_stage``/``cheap_label``: set for audited items only (None otherwise).
     """
 
     id: str
@@ -74,6 +83,8 @@ class OnlineDecision:
     audited: bool
     expert_label: str | None
     explored: bool = False
+    audited_stage: str | None = None
+    cheap_label: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,14 +95,16 @@ class OnlineStats:
     """Where the stream stands. Agreement is defined in :mod:`tiered.online.audit`.
 
     - ``audited_agreement`` with ``ci_low``/``ci_high``: the estimate of the *overall*
-      agreement with the expert (expert-answered items count as agreeing; the
-      cheap-answered ones are estimated from audits), comparable with the target. NaN
-      while cheap stages answered but nothing was audited yet.
+      agreement with the expert (items whose output is the expert's label, audited ones
+      included, agree; the unaudited cheap answers are estimated from the audits),
+      comparable with the target. NaN while cheap stages answered but nothing was
+      audited yet.
     - ``cheap_agreement`` with ``cheap_ci_low``/``cheap_ci_high``: the audited agreement
-      rate of cheap-answered items alone.
+      rate of the cheap stages' answers (cheap label == expert label over the audits).
     - ``window_*``: the same over the last ``config.window`` items.
     - ``expert_calls``/``expert_share``: calls of the expert (answers, warm-up,
-      exploration and audits) over items; ``stage_answers``/``stage_share``: who answered.
+      exploration and audits) over items; ``stage_answers``/``stage_share``: whose label
+      was output (audited items count under the expert).
     - ``usd_spent``: what every stage cost so far; ``usd_expert_only``: what the expert
       alone would have cost (its mean price per call times the items).
     """
@@ -135,8 +148,8 @@ class _Plan:
     items: list[Item]
     forced: np.ndarray  # warm-up or exploration
     answered_by: np.ndarray  # stage index; n_cheap = expert
-    labels: np.ndarray  # object: the label output so far
-    confidence: np.ndarray
+    labels: np.ndarray  # object: the accepted cheap label (None: left to the expert)
+    confidence: np.ndarray  # the accepting head's P(correct); 1.0 left to the expert
     cost: np.ndarray
     scores: np.ndarray  # (n, n_cheap) P(correct), NaN where the stage did not run
     stage_labels: list[np.ndarray]  # per stage, object array of its labels (None: no answer)
@@ -414,12 +427,17 @@ class OnlineCascade:
             cost[e_idx] += paid
             self.expert_usd += float(paid.sum())
         by_expert = plan.answered_by == k_cheap
-        labels = plan.labels
-        labels[by_expert] = expert_labels[by_expert]
+        cheap_labels = plan.labels  # the cheap answers (None where the expert answers)
         got = called & (expert_labels != None)  # noqa: E711
         # An audit counts when the expert gave a label to compare with.
         audit_ok = plan.audited & got
-        agree = audit_ok & (plan.labels == expert_labels)
+        agree = audit_ok & (cheap_labels == expert_labels)
+        # The output: the expert's label wherever it answered or an audit got its label
+        # (it is paid for); an audit that got no label leaves the cheap answer.
+        to_expert = by_expert | audit_ok
+        labels = np.where(to_expert, expert_labels, cheap_labels)
+        out_stage = np.where(to_expert, k_cheap, plan.answered_by)
+        conf = np.where(to_expert, 1.0, plan.confidence)
         # Learn from every item with an expert label.
         rows = np.flatnonzero(got)
         if rows.size:
@@ -429,8 +447,10 @@ class OnlineCascade:
         self.controller.observe(self._window_features(plan))
         aud = np.flatnonzero(audit_ok)
         if aud.size:
+            # The audits measure the cheap stages: their heads' P(correct), not the output's.
             self.controller.observe_audits(plan.confidence[aud], agree[aud].astype(float))
-        self.meter.add(plan.answered_by, audit_ok, agree, called)
+        # The meter counts whose label was output (audited items under the expert).
+        self.meter.add(out_stage, audit_ok, agree, called)
         self.n_items += m
         self.expert_calls += int(called.sum())
         self.explored += int(plan.forced.sum())
@@ -444,7 +464,8 @@ class OnlineCascade:
         if cfg.history_every == 0 or self._since_history >= cfg.history_every:
             self._record_history()
         names = self.stage_names
-        conf = plan.confidence
+        audited = plan.audited.tolist()
+        cheap_by = plan.answered_by.tolist()
         return [
             OnlineDecision(
                 id=plan.items[i].id,
@@ -453,11 +474,13 @@ class OnlineCascade:
                 stage_index=s,
                 confidence=float(conf[i]),
                 cost=float(cost[i]),
-                audited=bool(plan.audited[i]),
+                audited=audited[i],
                 expert_label=expert_labels[i],
                 explored=bool(plan.forced[i]),
+                audited_stage=names[cheap_by[i]] if audited[i] else None,
+                cheap_label=cheap_labels[i] if audited[i] else None,
             )
-            for i, s in enumerate(plan.answered_by.tolist())
+            for i, s in enumerate(out_stage.tolist())
         ]
 
     def _window_features(self, plan: _Plan) -> np.ndarray:

@@ -191,7 +191,14 @@ class OnlineServedCascade(ServedCascade):
                     signals={"p_correct": d.confidence},
                 )
             ]
-            if d.audited:
+            if d.audited and d.stage == expert and d.audited_stage is not None:
+                # an audit: the cheap stage's answer was checked by the expert, whose
+                # label is the answer; the cheap one's is not used
+                trace.insert(
+                    0,
+                    StageTrace(stage=d.audited_stage, accepted=False, cost_usd=0.0, latency_ms=0.0),
+                )
+            elif d.audited:  # the expert gave no label: the cheap answer stands
                 trace.append(
                     StageTrace(stage=expert, accepted=False, cost_usd=0.0, latency_ms=expert_ms)
                 )
