@@ -931,21 +931,28 @@ def online_gateway(store: Path, expert: CountingExpert, memo: Memorizer, **onlin
 TEXTS = [f"{'good' if i % 2 else 'bad'} film number {i % 6}" for i in range(60)]
 
 
-def test_online_cascade_learns_from_the_expert_under_concurrent_requests(tmp_path: Path) -> None:
-    expert, memo = CountingExpert(), Memorizer()
-    gw = online_gateway(tmp_path / "gw.sqlite", expert, memo)
+def classify_concurrently(gw: Gateway, per_request: int) -> list[Any]:
+    """TEXTS classified by cascade 'sent', ``per_request`` texts a request, all at once."""
     serving = OpenAIServingClassify(gw)
 
     async def go() -> list[Any]:
         reqs = [
             serving.create_classification(
-                ClassifyRequest(model="sent", input=TEXTS[i : i + 3]), ME, request_id=f"r{i}"
+                ClassifyRequest(model="sent", input=TEXTS[i : i + per_request]),
+                ME,
+                request_id=f"r{i}",
             )
-            for i in range(0, len(TEXTS), 3)
+            for i in range(0, len(TEXTS), per_request)
         ]
         return await asyncio.gather(*reqs)
 
-    responses = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_online_cascade_learns_from_the_expert_under_concurrent_requests(tmp_path: Path) -> None:
+    expert, memo = CountingExpert(), Memorizer()
+    gw = online_gateway(tmp_path / "gw.sqlite", expert, memo)
+    responses = classify_concurrently(gw, per_request=3)
     data = [d for r in responses for d in r.body.data]
     assert len(data) == len(TEXTS)
     # every answer is the expert's label (the cheap stage is only sure of what it was taught)
@@ -965,18 +972,7 @@ def test_an_audited_online_answer_is_the_experts_with_the_cheap_stage_in_its_tra
 ) -> None:
     # every answer the cheap stage accepts is audited: the expert's label is returned
     gw = online_gateway(tmp_path / "gw.sqlite", CountingExpert(), Memorizer(), audit_rate=1.0)
-    serving = OpenAIServingClassify(gw)
-
-    async def go() -> list[Any]:
-        reqs = [
-            serving.create_classification(
-                ClassifyRequest(model="sent", input=TEXTS[i : i + 6]), ME, request_id=f"r{i}"
-            )
-            for i in range(0, len(TEXTS), 6)
-        ]
-        return await asyncio.gather(*reqs)
-
-    responses = asyncio.run(go())
+    responses = classify_concurrently(gw, per_request=6)
     outcomes = [o for r in responses for o in r.execution.outcomes]
     assert [o.label for o in outcomes] == ["pos" if "good" in t else "neg" for t in TEXTS]
     assert all(o.stage == "expert" and o.learned for o in outcomes)
