@@ -73,6 +73,27 @@ class LinearParams:
     max_pending: int = 1000
 
 
+class SGDSettings:
+    """The SGD hyper-parameters an estimator keeps as attributes (sklearn style), as one
+    :class:`LinearParams`; shared by the text classifiers that put an
+    :class:`OnlineLinear` on their features."""
+
+    alpha: float
+    learning_rate: str
+    eta0: float
+    seed: int
+    max_pending: int
+
+    def _sgd_params(self) -> LinearParams:
+        return LinearParams(
+            alpha=self.alpha,
+            learning_rate=self.learning_rate,
+            eta0=self.eta0,
+            seed=self.seed,
+            max_pending=self.max_pending,
+        )
+
+
 class OnlineLinear:
     """One-vs-rest SGD logistic regression whose label set grows as labels arrive."""
 
@@ -505,4 +526,4 @@ class LinearHeadModel:
         """Hook: see the labelled items before learning from them (unsupervised state)."""
 
 
-__all__ = ["LinearHeadModel", "LinearParams", "MemoryLogistic", "OnlineLinear"]
+__all__ = ["LinearHeadModel", "LinearParams", "MemoryLogistic", "OnlineLinear", "SGDSettings"]

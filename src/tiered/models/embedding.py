@@ -42,10 +42,10 @@ from tiered.core.spec import BuildContext, register_model
 from tiered.errors import ConfigError, StoreError
 from tiered.models._linear import (
     LinearHeadModel,
-    LinearParams,
     Matrix,
     MemoryLogistic,
     OnlineLinear,
+    SGDSettings,
 )
 from tiered.models._params import parse_params
 
@@ -143,7 +143,7 @@ def text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
+class EmbeddingClassifier(SGDSettings, ClassifierMixin, BaseEstimator):
     """Online text classifier: MiniLM embeddings + a linear model.
 
     ``solver="lbfgs"`` (the default) refits a multinomial logistic regression (inverse
@@ -197,19 +197,14 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
 
     def _linear(self, n_features: int | None = None) -> OnlineLinear | MemoryLogistic:
         linear: OnlineLinear | MemoryLogistic | None = getattr(self, "linear_", None)
-        if linear is None and self.solver == "lbfgs":
+        if linear is None:
             dim = n_features if n_features is not None else self.encoder.dim
-            linear = self.linear_ = MemoryLogistic(dim, self.C, self.memory, self.classes or ())
-        elif linear is None:
-            params = LinearParams(
-                alpha=self.alpha,
-                learning_rate=self.learning_rate,
-                eta0=self.eta0,
-                seed=self.seed,
-                max_pending=self.max_pending,
-            )
-            dim = n_features if n_features is not None else self.encoder.dim
-            linear = self.linear_ = OnlineLinear(dim, params, self.classes or ())
+            classes = self.classes or ()
+            if self.solver == "lbfgs":
+                linear = MemoryLogistic(dim, self.C, self.memory, classes)
+            else:
+                linear = OnlineLinear(dim, self._sgd_params(), classes)
+            self.linear_ = linear
         return linear
 
     def transform(self, X: Sequence[str] | np.ndarray) -> np.ndarray:

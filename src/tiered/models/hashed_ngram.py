@@ -35,7 +35,7 @@ from tiered.core.items import Item
 from tiered.core.model import ModelTags
 from tiered.core.spec import BuildContext, register_model
 from tiered.errors import StoreError
-from tiered.models._linear import LinearHeadModel, LinearParams, Matrix, OnlineLinear
+from tiered.models._linear import LinearHeadModel, Matrix, OnlineLinear, SGDSettings
 from tiered.models._params import parse_params
 
 _M64 = (1 << 64) - 1
@@ -259,7 +259,7 @@ def _texts(items: Sequence[Item] | Sequence[str]) -> list[str]:
     return [x.text if isinstance(x, Item) else x for x in items]
 
 
-class HashedNgramClassifier(ClassifierMixin, BaseEstimator):
+class HashedNgramClassifier(SGDSettings, ClassifierMixin, BaseEstimator):
     """Online text classifier: :class:`NgramHasher` rows + ``SGDClassifier(log_loss)``.
 
     Parameters only are stored by ``__init__``. ``classes`` declares labels up front
@@ -319,13 +319,7 @@ class HashedNgramClassifier(ClassifierMixin, BaseEstimator):
     def _linear(self) -> OnlineLinear:
         linear: OnlineLinear | None = getattr(self, "linear_", None)
         if linear is None:
-            params = LinearParams(
-                alpha=self.alpha,
-                learning_rate=self.learning_rate,
-                eta0=self.eta0,
-                seed=self.seed,
-                max_pending=self.max_pending,
-            )
+            params = self._sgd_params()
             linear = self.linear_ = OnlineLinear(self.n_features, params, self.classes or ())
         return linear
 
