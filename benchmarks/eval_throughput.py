@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/eval_throughput.py [--n 100000] [--repeats 5]
 
-Generates a synthetic replay log (labelled synthetic; see ``tiered.io.synthetic``),
+Generates a synthetic replay log (labelled synthetic; see ``tiered.replay.synthetic``),
 writes and loads it as JSONL (the loader's speed is reported too), builds a cascade of
 five ``Replay`` stages with log-prob threshold rules, and times ``Cascade.run`` over all
 items. Target: >= 200k items/s for 100k items.
@@ -21,9 +21,9 @@ from rich.table import Table
 
 from tiered.core.spec import BuildContext, CascadeSpec
 from tiered.eval import evaluate
-from tiered.io.replay import load_replay
-from tiered.io.synthetic import DEFAULT_MODELS, make_synthetic_log, write_jsonl
-from tiered.models.replay import replay_items
+from tiered.replay.load import load_replay
+from tiered.replay.synthetic import DEFAULT_MODELS, make_synthetic_log, write_jsonl
+from tiered.replay.model import replay_items
 
 THRESHOLDS = (-0.05, -0.1, -0.15, -0.2)  # log-prob; the last stage answers the rest
 

@@ -45,9 +45,9 @@ import numpy as np
 from tiered.calibrate import Calibration, calibrate
 from tiered.core.spec import BuildContext
 from tiered.eval import evaluate_cascade, oracle_bound, single_models, top_model
-from tiered.io.replay import load_replay
-from tiered.io.replay_log import ReplayLog
-from tiered.io.synthetic import make_synthetic_log, write_jsonl
+from tiered.replay.load import load_replay
+from tiered.replay.log import ReplayLog
+from tiered.replay.synthetic import make_synthetic_log, write_jsonl
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "replay"
 

@@ -17,7 +17,7 @@ Sections (``--only`` picks some):
   the folds that chose it, so optimistic.)
 - ``chains``: the chain logs at ``--min-quality top``: the calibrator with confidence
   rules only, with the learned scorer added, and cascade routing, each cross-validated;
-  the family chosen by CV (:func:`tiered.routing.select.calibrate_with_estimators`). Those
+  the family chosen by CV (:func:`tiered.calibrate.learned.select.calibrate_with_estimators`). Those
   are the selection's own inner-CV numbers; ``--outer`` also scores the whole selection on
   outer held-out folds against confidence-only calibration (slow: ``--logs`` picks some).
 - ``speed``: fitting every estimator on the 14k-row MMLU log; scoring time per item and
@@ -40,11 +40,11 @@ from pathlib import Path
 import numpy as np
 
 from tiered.core.spec import BuildContext, load_cascade
-from tiered.io.replay import load_replay
-from tiered.io.replay_log import ReplayLog
-from tiered.models.replay import Replay, replay_items
-from tiered.routing import QualityEstimator, fit_cascade_routing
-from tiered.routing.policy import Replayer, Router, fit_lambda
+from tiered.replay.load import load_replay
+from tiered.replay.log import ReplayLog
+from tiered.replay.model import Replay, replay_items
+from tiered.calibrate.learned import QualityEstimator, fit_cascade_routing
+from tiered.calibrate.learned.policy import Replayer, Router, fit_lambda
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "replay"
 COST_TOLERANCE = 0.01  # a single model is beaten only by a cascade at least 1% cheaper
@@ -266,7 +266,7 @@ def _chains_outer(log: ReplayLog, folds: int, min_quality: str) -> dict[str, flo
     calibration (the same training folds), and how often each family won.
     """
     from tiered.calibrate import calibrate
-    from tiered.routing.select import calibrate_with_estimators
+    from tiered.calibrate.learned.select import calibrate_with_estimators
 
     n = len(log)
     assign = np.random.default_rng(1).permutation(n) % folds
@@ -293,7 +293,7 @@ def _chains_outer(log: ReplayLog, folds: int, min_quality: str) -> dict[str, flo
 
 
 def chains(data: Path, folds: int, min_quality: str, outer: bool, logs: str) -> str:
-    from tiered.routing.select import calibrate_with_estimators
+    from tiered.calibrate.learned.select import calibrate_with_estimators
 
     rows = []
     worse = 0

@@ -33,8 +33,8 @@ from tiered.core.rules import (
 from tiered.core.spec import BuildContext, CascadeSpec, StageSpec
 from tiered.errors import ConfigError
 from tiered.eval import evaluate_cascade
-from tiered.io.replay_log import ReplayLog
-from tiered.models.replay import replay_items
+from tiered.replay.log import ReplayLog
+from tiered.replay.model import replay_items
 
 LETTERS = np.array(list("ABCD"), dtype=object)
 FAST = SearchSettings(max_stages=3, beam=12, refine_rounds=1)
@@ -414,7 +414,7 @@ class _EvenGate:
 def test_vectorised_evaluator_follows_the_engine_on_gated_stages(on_reject: str) -> None:
     from tiered.calibrate import StageRef, evaluate_stages
     from tiered.core.cascade import Cascade, Stage
-    from tiered.models.replay import Replay
+    from tiered.replay.model import Replay
 
     log = make_log(n=120, seed=18, missing=0.05)
     rules = [

@@ -7,7 +7,7 @@ import pytest
 
 from tiered.calibrate import SearchSettings, calibrate
 from tiered.errors import ConfigError
-from tiered.io.replay_log import ReplayLog
+from tiered.replay.log import ReplayLog
 
 FAST = SearchSettings(max_stages=3, beam=12, refine_rounds=1)
 

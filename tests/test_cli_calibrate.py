@@ -13,8 +13,8 @@ from tiered.cli import app
 from tiered.core.spec import BuildContext, CascadeSpec
 from tiered.errors import ConfigError
 from tiered.eval import evaluate_cascade
-from tiered.io.replay import load_replay
-from tiered.io.synthetic import make_synthetic_log, write_jsonl
+from tiered.replay.load import load_replay
+from tiered.replay.synthetic import make_synthetic_log, write_jsonl
 
 runner = CliRunner()
 

@@ -27,8 +27,8 @@ from tiered.core import AnswerBatch, Item, ModelTags
 from tiered.core import spec as core_spec
 from tiered.core.rules import DeferralRule, RuleContext, rule_kinds
 from tiered.core.spec import BuildContext, build_model
-from tiered.io.replay_log import ReplayLog
-from tiered.models.replay import replay_items
+from tiered.replay.log import ReplayLog
+from tiered.replay.model import replay_items
 
 CASES: dict[str, Callable[[], ModelCase]] = {}
 

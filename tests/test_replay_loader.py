@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tiered.errors import DataError
-from tiered.io.replay import load_replay
+from tiered.replay.load import load_replay
 
 
 def out(correct: bool = True, cost: float = 0.01, **extra: Any) -> dict[str, Any]:

@@ -32,9 +32,9 @@ from tiered.core.spec import BuildContext, CascadeSpec, build_model
 from tiered.errors import ConfigError, DataError, SignalMissingError
 from tiered.eval import evaluate, evaluate_cascade, oracle_bound, plot_cost_quality, top_model
 from tiered.eval.metrics import single_models
-from tiered.io.replay import load_replay
-from tiered.io.replay_log import ReplayLog
-from tiered.models.replay import Replay, replay_items, unrecorded_answer
+from tiered.replay.load import load_replay
+from tiered.replay.log import ReplayLog
+from tiered.replay.model import Replay, replay_items, unrecorded_answer
 
 COST = {"a": 1.0, "b": 10.0, "c": 100.0}
 LATENCY = {"a": 100.0, "b": 200.0, "c": 300.0}

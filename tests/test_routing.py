@@ -10,9 +10,9 @@ import pytest
 from tiered.core import Cascade, Item, Stage, parse_rule
 from tiered.core.spec import BuildContext, CascadeSpec, load_cascade
 from tiered.errors import ConfigError
-from tiered.io.replay_log import ReplayLog
-from tiered.models.replay import Replay, replay_items
-from tiered.routing import (
+from tiered.replay.log import ReplayLog
+from tiered.replay.model import Replay, replay_items
+from tiered.calibrate.learned import (
     CascadeRoute,
     ExAnteGate,
     FeatureSpec,
@@ -20,7 +20,7 @@ from tiered.routing import (
     ScorerThreshold,
     fit_cascade_routing,
 )
-from tiered.routing.heads import log_loss
+from tiered.calibrate.learned.heads import log_loss
 
 from .conftest import FakeModel
 
@@ -340,7 +340,7 @@ def test_inspect_shows_each_stage_answered_passed_on_and_skipped(
     from typer.testing import CliRunner
 
     from tiered.cli import app
-    from tiered.io.replay import load_replay
+    from tiered.replay.load import load_replay
 
     path = _write_jsonl(log, tmp_path / "syn.jsonl")
     loaded = load_replay(path)
@@ -364,7 +364,7 @@ def test_inspect_shows_each_stage_answered_passed_on_and_skipped(
 
 
 def test_answer_shape_copes_with_huge_numbers_and_no_answer() -> None:
-    from tiered.routing.features import ANSWER_SHAPE, answer_shape, query_numbers
+    from tiered.calibrate.learned.features import ANSWER_SHAPE, answer_shape, query_numbers
 
     q = query_numbers("add 2 and 3")
     assert answer_shape(q, "2 + 3 = 5")[ANSWER_SHAPE.index("uses_query_numbers")] == 1.0
@@ -374,8 +374,8 @@ def test_answer_shape_copes_with_huge_numbers_and_no_answer() -> None:
 
 def test_scorer_family_masks_are_what_its_rules_do(log: ReplayLog) -> None:
     from tiered.calibrate.evaluate import StageRef, evaluate_stages
-    from tiered.calibrate.view import LogView
-    from tiered.routing.families import ScorerFamily
+    from tiered.replay.view import LogView
+    from tiered.calibrate.learned.families import ScorerFamily
 
     view = LogView.of(log).take(np.arange(200))
     fam = ScorerFamily(make=_estimator)
@@ -397,7 +397,7 @@ def test_scorer_family_masks_are_what_its_rules_do(log: ReplayLog) -> None:
 def test_choosing_by_cross_validation_is_never_worse_than_confidence_rules(
     tmp_path: Path, log: ReplayLog
 ) -> None:
-    from tiered.routing.select import calibrate_with_estimators
+    from tiered.calibrate.learned.select import calibrate_with_estimators
 
     sel = calibrate_with_estimators(
         log, min_quality="top*0.95", folds=3, families=("confidence", "routing")
@@ -413,7 +413,7 @@ def test_choosing_by_cross_validation_is_never_worse_than_confidence_rules(
 
 
 def test_a_learned_family_must_win_by_the_minimum_gain() -> None:
-    from tiered.routing.select import FamilyCV, choose_family
+    from tiered.calibrate.learned.select import FamilyCV, choose_family
 
     def cv(family: str, cost: float, quality: float = 0.9, meets: bool = True) -> FamilyCV:
         return FamilyCV(family, quality, cost, 0.9, 1.0, 0.9, meets, 0.0, 0.0)
@@ -438,7 +438,7 @@ def test_a_learned_family_must_win_by_the_minimum_gain() -> None:
 
 
 def test_min_gain_is_validated(log: ReplayLog) -> None:
-    from tiered.routing.select import calibrate_with_estimators
+    from tiered.calibrate.learned.select import calibrate_with_estimators
 
     with pytest.raises(ConfigError, match="min_gain"):
         calibrate_with_estimators(log, min_quality="top", min_gain=1.5)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tiered.cli import main
-from tiered.io.replay import load_replay
+from tiered.replay.load import load_replay
 from tiered.store import RunStore
 
 WORDS = {

@@ -29,7 +29,7 @@ from tiered.calibrate.families import (
 )
 from tiered.calibrate.objective import Objective, QualityTarget, parse_budget, parse_min_quality
 from tiered.calibrate.search import Config, Point, SearchResult, SearchSettings, pareto, search
-from tiered.calibrate.view import LogView
+from tiered.replay.view import LogView
 
 __all__ = [
     "AgreementFamily",

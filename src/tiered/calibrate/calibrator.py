@@ -37,7 +37,7 @@ from tiered.calibrate.search import (
     Structure,
     search,
 )
-from tiered.calibrate.view import LogView
+from tiered.replay.view import LogView
 from tiered.core.rules import (
     Agreement,
     AllOf,
@@ -52,7 +52,7 @@ from tiered.core.rules import (
 )
 from tiered.core.spec import CascadeSpec, StageSpec
 from tiered.errors import ConfigError
-from tiered.io.replay_log import ReplayLog
+from tiered.replay.log import ReplayLog
 
 _EPS = 1e-9
 # Extra quality the fold searches are asked for (objective: quality target).

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tiered.calibrate.view import LogView
+from tiered.replay.view import LogView
 from tiered.core.rules import (
     Agreement,
     AllOf,

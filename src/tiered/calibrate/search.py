@@ -34,7 +34,7 @@ import numpy as np
 
 from tiered.calibrate.evaluate import StageRef, evaluate_stages
 from tiered.calibrate.families import Candidate, RuleFamily, default_families, never_candidate
-from tiered.calibrate.view import LogView
+from tiered.replay.view import LogView
 from tiered.core.rules import Always
 from tiered.errors import ConfigError
 

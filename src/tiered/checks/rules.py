@@ -29,7 +29,7 @@ from tiered.core.rules import (
 )
 
 if TYPE_CHECKING:
-    from tiered.routing import QualityEstimator
+    from tiered.calibrate.learned import QualityEstimator
 
 _CLASSES = ("a", "b", "c")
 _WORDS = ("apple", "river", "stone", "cloud", "music", "paper", "glass", "forest")
@@ -44,8 +44,8 @@ def _sample_items(n: int, seed: int) -> list[Item]:
 def example_estimator() -> QualityEstimator:
     """A small quality estimator for models ``cheap`` and ``s`` (the checked stage), fitted
     on a synthetic log where ``cheap`` is right when the query mentions an apple."""
-    from tiered.io.replay_log import ReplayLog
-    from tiered.routing import QualityEstimator
+    from tiered.replay.log import ReplayLog
+    from tiered.calibrate.learned import QualityEstimator
 
     n = 120
     items = _sample_items(n, seed=99)
@@ -69,19 +69,19 @@ def example_estimator() -> QualityEstimator:
 
 
 def _scorer() -> DeferralRule:
-    from tiered.routing import ScorerThreshold
+    from tiered.calibrate.learned import ScorerThreshold
 
     return ScorerThreshold(threshold=0.5).with_estimator(example_estimator())  # type: ignore[no-any-return]
 
 
 def _exante_gate() -> DeferralRule:
-    from tiered.routing import ExAnteGate
+    from tiered.calibrate.learned import ExAnteGate
 
     return ExAnteGate(threshold=0.5).with_estimator(example_estimator())  # type: ignore[no-any-return]
 
 
 def _cascade_route() -> DeferralRule:
-    from tiered.routing import CascadeRoute
+    from tiered.calibrate.learned import CascadeRoute
 
     rule = CascadeRoute(models=["cheap", "s"], lam=100.0)
     return rule.with_estimator(example_estimator())  # type: ignore[no-any-return]
@@ -97,7 +97,7 @@ EXAMPLE_RULES: dict[str, Callable[[], DeferralRule]] = {
     "all_of": lambda: AllOf(rules=[Threshold(signal="margin", threshold=0.1), Vote(min_share=0.5)]),
     "any_of": lambda: AnyOf(rules=[Threshold(signal="entropy", threshold=0.9), Never()]),
     "not": lambda: Not(rule=Threshold(signal="logprob", threshold=-0.5)),
-    # learned-quality rules (tiered.routing): fitted on a small synthetic log
+    # learned-quality rules (tiered.calibrate.learned): fitted on a small synthetic log
     "scorer": _scorer,
     "exante_gate": _exante_gate,
     "cascade_route": _cascade_route,

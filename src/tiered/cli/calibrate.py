@@ -140,7 +140,7 @@ def calibrate_cmd(
     from tiered.calibrate import SearchSettings, calibrate
     from tiered.calibrate.objective import Objective
     from tiered.cli.evaluate import print_load_summary
-    from tiered.io.replay import load_replay
+    from tiered.replay.load import load_replay
 
     Objective.make(min_quality, budget)  # bad parameters fail before the log is read
     settings = SearchSettings(max_stages=max_stages, order=order)  # type: ignore[arg-type]

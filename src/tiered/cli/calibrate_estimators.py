@@ -1,6 +1,6 @@
 """``tiered calibrate LOG --estimators``: also try learned quality estimators.
 
-Runs :func:`tiered.routing.select.calibrate_with_estimators`: the calibrator with
+Runs :func:`tiered.calibrate.learned.select.calibrate_with_estimators`: the calibrator with
 confidence rules only, with the learned FrugalGPT scorer added, and cascade routing, all
 cross-validated on the same folds; prints each family's held-out result and keeps the
 best (so the estimators never make the result worse than confidence rules alone); a learned
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from tiered.io.replay_log import ReplayLog
-    from tiered.routing.select import Selection
+    from tiered.replay.log import ReplayLog
+    from tiered.calibrate.learned.select import Selection
 
 
 def calibrate_with_estimators_cli(
@@ -37,8 +37,8 @@ def calibrate_with_estimators_cli(
     from tiered.calibrate import Calibration
     from tiered.cli.calibrate import print_calibration
     from tiered.cli.evaluate import pct, usd
-    from tiered.routing.fit import RoutingFit
-    from tiered.routing.select import calibrate_with_estimators
+    from tiered.calibrate.learned.fit import RoutingFit
+    from tiered.calibrate.learned.select import calibrate_with_estimators
 
     with console.status("calibrating: confidence rules, learned scorer, cascade routing ..."):
         sel = calibrate_with_estimators(

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from tiered.eval.metrics import EvalReport
-    from tiered.io.replay_log import ReplayLog
+    from tiered.replay.log import ReplayLog
 
 
 def usd(x: float | None) -> str:
@@ -112,7 +112,7 @@ def eval_cmd(
 
     from tiered.core.spec import BuildContext, load_cascade
     from tiered.eval import evaluate_cascade, plot_cost_quality
-    from tiered.io.replay import load_replay
+    from tiered.replay.load import load_replay
 
     console = Console(soft_wrap=True)  # paths and notes stay whole lines
     replay_log = load_replay(log, skip_bad=skip_bad, reject_path=rejects)

@@ -26,7 +26,7 @@ def describe_rule(rule: DeferralRule | None) -> tuple[str, str]:
     """A short text for a rule and its threshold-like parameter ("" when it has none)."""
     from tiered.calibrate.calibrator import rule_text
     from tiered.core.rules import Threshold, Vote, Window
-    from tiered.routing.rules import CascadeRoute, ExAnteGate, ScorerThreshold
+    from tiered.calibrate.learned.rules import CascadeRoute, ExAnteGate, ScorerThreshold
 
     if rule is None:
         return "-", ""
@@ -79,8 +79,8 @@ def inspect_cascade(
     from rich.table import Table
 
     from tiered.core.spec import BuildContext, CascadeSpec
-    from tiered.io.replay import load_replay
-    from tiered.models.replay import Replay, replay_items
+    from tiered.replay.load import load_replay
+    from tiered.replay.model import Replay, replay_items
 
     console = Console(soft_wrap=True)
     spec = CascadeSpec.load(path)

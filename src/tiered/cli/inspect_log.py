@@ -26,7 +26,7 @@ def inspect_replay_log(path: Path, *, skip_bad: bool = False, rejects: Path | No
 
     from tiered.cli.evaluate import ms, pct, print_load_summary, usd
     from tiered.eval.metrics import single_models
-    from tiered.io.replay import load_replay
+    from tiered.replay.load import load_replay
 
     console = Console(soft_wrap=True)  # paths and notes stay whole lines
     log = load_replay(path, skip_bad=skip_bad, reject_path=rejects)

@@ -475,7 +475,7 @@ class StreamRun:
         truth: list[str | None] | None,
         truth_cost: np.ndarray | None,
     ) -> list[dict[str, Any]]:
-        """Replay-log records (see ``tiered.io.replay``) for items whose expert label is known.
+        """Replay-log records (see ``tiered.replay.load``) for items whose expert label is known.
 
         The reference is the expert's label, so ``correct`` means "agrees with the expert"
         (the quality ``target_agreement`` speaks of). Items the expert never saw have no

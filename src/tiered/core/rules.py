@@ -74,7 +74,7 @@ class DeferralRule(BaseModel):
 
 # Modules of tiered that define more rule kinds, imported when a kind is not yet known
 # (they pull in scikit-learn: only cascade files that use them pay for the import).
-_RULE_MODULES = ("tiered.routing.rules",)
+_RULE_MODULES = ("tiered.calibrate.learned.rules",)
 
 
 def _load_rule_modules() -> bool:

@@ -28,7 +28,7 @@ import numpy as np
 
 from tiered.core.cascade import Cascade, CascadeResult
 from tiered.errors import SignalMissingError
-from tiered.io.replay_log import ReplayLog
+from tiered.replay.log import ReplayLog
 
 
 @dataclass(slots=True)
@@ -229,7 +229,7 @@ def check_signals(cascade: Cascade) -> None:
 
     (The last stage's rule never runs, so it is not checked.)
     """
-    from tiered.models.replay import Replay
+    from tiered.replay.model import Replay
 
     for stage in cascade.stages[:-1]:
         model = stage.model
@@ -247,7 +247,7 @@ def check_signals(cascade: Cascade) -> None:
 
 def evaluate_cascade(cascade: Cascade, log: ReplayLog) -> tuple[CascadeResult, EvalReport]:
     """Run ``cascade`` over every query of ``log`` and evaluate it."""
-    from tiered.models.replay import replay_items
+    from tiered.replay.model import replay_items
 
     check_signals(cascade)
     result = cascade.run(replay_items(log))

@@ -1,1 +1,1 @@
-"""Sources and sinks: replay logs, input streams (JSONL, CSV, Parquet, stdin), outputs."""
+"""Sources and sinks: input streams (JSONL, CSV, Parquet, stdin), outputs."""

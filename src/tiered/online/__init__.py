@@ -20,7 +20,7 @@ from tiered.online.config import OnlineConfig
 from tiered.online.controller import ThresholdController
 from tiered.online.head import AccuracyTracker, DeferralHead, head_features
 from tiered.online.intervals import binomial_interval, clopper_pearson_interval, wilson_interval
-from tiered.online.replay import ReplayCache
+from tiered.online.label_buffer import LabelBuffer
 
 __all__ = [
     "AccuracyTracker",
@@ -31,7 +31,7 @@ __all__ = [
     "OnlineConfig",
     "OnlineDecision",
     "OnlineStats",
-    "ReplayCache",
+    "LabelBuffer",
     "ThresholdController",
     "binomial_interval",
     "clopper_pearson_interval",

@@ -15,7 +15,7 @@ For each batch of items (batch-first throughout):
    measures the cheap stages (see :mod:`tiered.online.audit`).
 4. **One expert call per batch,** on deferred, warm-up, exploration and audited items.
 5. **Learning.** Every expert label trains each cheap stage's deferral head (was the
-   stage right?) and goes to the replay cache; every ``refit_every`` new labels, each
+   stage right?) and goes to the label buffer; every ``refit_every`` new labels, each
    learnable stage ``learn``\\ s on the new labels plus a replay sample.
 6. **Control.** The audit meter updates the agreement estimate; the controller sets the
    threshold for the next batch (see :mod:`tiered.online.controller`).
@@ -47,7 +47,7 @@ from tiered.online.head import (
     head_features,
     max_prob_from_features,
 )
-from tiered.online.replay import ReplayCache
+from tiered.online.label_buffer import LabelBuffer
 
 STATE_VERSION = 1
 
@@ -196,7 +196,7 @@ class OnlineCascade:
             DeferralHead(cfg.head_buffer, cfg.head_l2, cfg.head_min_examples, cfg.head_halflife)
             for _ in range(k)
         ]
-        self.replay = ReplayCache(cfg.replay_size)
+        self.replay = LabelBuffer(cfg.replay_size)
         self.pending_items: list[Item] = []
         self.pending_labels: list[str] = []
         self.controller = ThresholdController(cfg, k)

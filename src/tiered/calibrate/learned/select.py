@@ -34,10 +34,10 @@ import numpy as np
 from tiered.calibrate.objective import Objective, QualityTarget
 from tiered.core.spec import CascadeSpec
 from tiered.errors import ConfigError
-from tiered.io.replay_log import ReplayLog
-from tiered.routing.estimator import QualityEstimator
-from tiered.routing.fit import RoutingFit, fit_cascade_routing
-from tiered.routing.policy import Replayer, fit_lambda
+from tiered.replay.log import ReplayLog
+from tiered.calibrate.learned.estimator import QualityEstimator
+from tiered.calibrate.learned.fit import RoutingFit, fit_cascade_routing
+from tiered.calibrate.learned.policy import Replayer, fit_lambda
 
 QUALITY_MARGINS = (0.0, 0.005, 0.01, 0.02)
 BUDGET_SHARES = (1.0, 0.95, 0.9, 0.8)
@@ -200,7 +200,7 @@ def calibrate_with_estimators(
     a later family must do in cross-validation than the first one to replace it.
     """
     from tiered.calibrate import calibrate
-    from tiered.routing.families import with_scorer
+    from tiered.calibrate.learned.families import with_scorer
 
     objective = Objective.make(min_quality, budget)
     if not (isinstance(min_gain, int | float) and 0.0 <= min_gain < 1.0):

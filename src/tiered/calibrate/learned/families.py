@@ -4,7 +4,7 @@
 >>> cal = calibrate(log, min_quality="top",
 ...                 families=lambda v: [*default_families(v), ScorerFamily()])  # doctest: +SKIP
 
-``prepare`` fits a :class:`~tiered.routing.estimator.QualityEstimator` on the rows the
+``prepare`` fits a :class:`~tiered.calibrate.learned.estimator.QualityEstimator` on the rows the
 calibrator searches on; candidates are ``scorer`` rules with thresholds at quantiles of
 the post-hoc P(correct). On those rows the estimator scores each query with the fold
 learner that did not see it (cross-fitting), so the search sees held-out quality, and
@@ -27,9 +27,9 @@ from tiered.calibrate.families import (
     default_families,
     short_between,
 )
-from tiered.calibrate.view import LogView
-from tiered.routing.estimator import QualityEstimator, normalise
-from tiered.routing.rules import ScorerThreshold
+from tiered.replay.view import LogView
+from tiered.calibrate.learned.estimator import QualityEstimator, normalise
+from tiered.calibrate.learned.rules import ScorerThreshold
 
 
 @dataclass

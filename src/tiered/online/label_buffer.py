@@ -1,4 +1,4 @@
-"""The replay cache: the newest expert-labelled items, which cheap stages relearn from."""
+"""The label buffer: the newest expert-labelled items, which cheap stages relearn from."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from tiered.core.items import Item
 
 
-class ReplayCache:
+class LabelBuffer:
     """A bounded FIFO of ``(item, expert label)``; refits draw random samples from it.
 
     FIFO rather than a reservoir: after a shift the stream's recent past is what the
@@ -61,4 +61,4 @@ class ReplayCache:
         self.size = int(state["size"])
 
 
-__all__ = ["ReplayCache"]
+__all__ = ["LabelBuffer"]

@@ -45,7 +45,7 @@ import numpy as np
 
 from tiered.core.signals import vote_share
 from tiered.errors import DataError
-from tiered.io.replay_log import ReplayLog
+from tiered.replay.log import ReplayLog
 
 _INF = math.inf
 # Fields of an output with a fixed meaning; anything else numeric is a signal.

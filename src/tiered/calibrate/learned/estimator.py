@@ -12,7 +12,7 @@
   shape, agreement with each earlier stage's answer, and the model's own confidence
   signals (``logprob`` ...) where the log has them. This is FrugalGPT's scorer.
 
-Each is a :class:`~tiered.routing.heads.Head` per model: logistic regression (SGD) or a
+Each is a :class:`~tiered.calibrate.learned.heads.Head` per model: logistic regression (SGD) or a
 small MLP, Platt- or isotonic-calibrated on held-out folds. Fitted from a replay log with
 cross-fitting: a query of the training log is scored by the fold learner that did not see
 it (matched by id and text), so replaying the training log is an honest measurement.
@@ -41,11 +41,11 @@ from tiered.core.items import Item
 from tiered.core.rules import normalize_answer
 from tiered.core.signals import available_signals, read_signal
 from tiered.errors import ConfigError
-from tiered.io.replay_log import ReplayLog
-from tiered.routing.features import EMBED_DIM, FeatureSpec, Featurizer, query_numbers
-from tiered.routing.heads import Calibration, CalibrationKind, Head, HeadKind, logit
+from tiered.replay.log import ReplayLog
+from tiered.calibrate.learned.features import EMBED_DIM, FeatureSpec, Featurizer, query_numbers
+from tiered.calibrate.learned.heads import Calibration, CalibrationKind, Head, HeadKind, logit
 
-FORMAT = "tiered.routing.QualityEstimator"
+FORMAT = "tiered.calibrate.learned.QualityEstimator"
 FORMAT_VERSION = 1
 _KEY = "routing.key"
 
@@ -72,7 +72,7 @@ def _task(item: Item) -> str | None:
 
 
 def _unrecorded(model: str) -> str:
-    from tiered.models.replay import unrecorded_answer
+    from tiered.replay.model import unrecorded_answer
 
     return unrecorded_answer(model)
 
@@ -353,7 +353,7 @@ class QualityEstimator:
     # -- training --------------------------------------------------------------------------
     def fit(self, log: ReplayLog, rows: np.ndarray | None = None) -> QualityEstimator:
         """Fit every model's heads and cost estimate on ``log`` (or its ``rows``)."""
-        from tiered.models.replay import Replay, replay_items
+        from tiered.replay.model import Replay, replay_items
 
         sub = log if rows is None else log.subset(np.asarray(rows))
         if len(sub) == 0:

@@ -17,9 +17,9 @@ stages:
   (not run, not charged), going to the next stage or, with ``on_reject: last``, straight
   to the last one.
 - ``cascade_route`` (Dekoninck et al.): the same rule as every stage's ``gate`` and
-  ``rule``; see :mod:`tiered.routing.policy`.
+  ``rule``; see :mod:`tiered.calibrate.learned.policy`.
 
-``estimator`` is the path of a saved :class:`~tiered.routing.estimator.QualityEstimator`,
+``estimator`` is the path of a saved :class:`~tiered.calibrate.learned.estimator.QualityEstimator`,
 relative to the cascade file; building the cascade loads it once for all stages. In code,
 ``rule.with_estimator(est)`` binds an estimator object directly.
 """
@@ -35,8 +35,8 @@ from pydantic import Field, PrivateAttr
 from tiered.core.answers import AnswerBatch
 from tiered.core.rules import DeferralRule, RuleContext
 from tiered.errors import ConfigError
-from tiered.routing.estimator import QualityEstimator
-from tiered.routing.policy import Router
+from tiered.calibrate.learned.estimator import QualityEstimator
+from tiered.calibrate.learned.policy import Router
 
 
 def load_estimator(path: str | Path, resources: dict[str, Any] | None = None) -> QualityEstimator:

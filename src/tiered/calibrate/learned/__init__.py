@@ -9,11 +9,11 @@
 - :func:`fit_cascade_routing`: cascade routing with λ set for a quality target or budget.
 """
 
-from tiered.routing.estimator import QualityEstimator
-from tiered.routing.features import FeatureSpec
-from tiered.routing.fit import RoutingFit, fit_cascade_routing, routing_spec
-from tiered.routing.policy import LambdaFit, Replayer, Router, fit_lambda, route_values
-from tiered.routing.rules import CascadeRoute, ExAnteGate, ScorerThreshold, load_estimator
+from tiered.calibrate.learned.estimator import QualityEstimator
+from tiered.calibrate.learned.features import FeatureSpec
+from tiered.calibrate.learned.fit import RoutingFit, fit_cascade_routing, routing_spec
+from tiered.calibrate.learned.policy import LambdaFit, Replayer, Router, fit_lambda, route_values
+from tiered.calibrate.learned.rules import CascadeRoute, ExAnteGate, ScorerThreshold, load_estimator
 
 __all__ = [
     "CascadeRoute",

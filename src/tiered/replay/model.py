@@ -33,8 +33,8 @@ from tiered.core.items import Item
 from tiered.core.model import ModelTags
 from tiered.core.spec import BuildContext, register_model
 from tiered.errors import ConfigError
-from tiered.io.replay import load_replay
-from tiered.io.replay_log import ReplayLog
+from tiered.replay.load import load_replay
+from tiered.replay.log import ReplayLog
 
 _item_id = attrgetter("id")
 

@@ -34,8 +34,8 @@ from scipy.special import betainc
 from tiered.core.answers import AnswerBatch
 from tiered.core.items import Item
 from tiered.errors import ConfigError
-from tiered.io.replay_log import ReplayLog
-from tiered.routing.estimator import QualityEstimator, normalise
+from tiered.replay.log import ReplayLog
+from tiered.calibrate.learned.estimator import QualityEstimator, normalise
 
 _TIE = 1e-12
 
@@ -141,7 +141,7 @@ class Replayer:
     """Replays cascade routing on a log for many λ, reusing every λ-independent feature."""
 
     def __init__(self, estimator: QualityEstimator, log: ReplayLog, heads: Sequence[str]) -> None:
-        from tiered.models.replay import Replay, replay_items
+        from tiered.replay.model import Replay, replay_items
 
         self.est = estimator
         self.heads = list(heads)

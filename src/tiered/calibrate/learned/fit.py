@@ -22,10 +22,10 @@ import numpy as np
 from tiered.calibrate.objective import Objective, QualityTarget
 from tiered.core.spec import CascadeSpec, StageSpec
 from tiered.errors import ConfigError
-from tiered.io.replay_log import ReplayLog
-from tiered.routing.estimator import QualityEstimator
-from tiered.routing.policy import LambdaFit, Replayer, fit_lambda
-from tiered.routing.rules import CascadeRoute
+from tiered.replay.log import ReplayLog
+from tiered.calibrate.learned.estimator import QualityEstimator
+from tiered.calibrate.learned.policy import LambdaFit, Replayer, fit_lambda
+from tiered.calibrate.learned.rules import CascadeRoute
 
 
 def routing_spec(
@@ -117,7 +117,7 @@ def fit_cascade_routing(
             f"{lam.quality:.4f} at ${lam.cost:.4g}/item"
         )
     metadata: dict[str, Any] = {
-        "calibrated_by": "tiered.routing.fit_cascade_routing",
+        "calibrated_by": "tiered.calibrate.learned.fit_cascade_routing",
         "rule_family": "cascade_route",
         "objective": objective.describe(target),
         "target_quality": target,

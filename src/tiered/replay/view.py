@@ -2,7 +2,7 @@
 
 A :class:`LogView` is built once per log (:meth:`LogView.of`) and sliced cheaply per
 cross-validation fold (:meth:`LogView.take`). Answers come from the same
-:class:`~tiered.models.replay.Replay` model the engine replays, so a rule computed on a
+:class:`~tiered.replay.model.Replay` model the engine replays, so a rule computed on a
 view sees exactly what it would see inside ``Cascade.run``.
 """
 
@@ -15,8 +15,8 @@ import numpy as np
 from tiered.core.answers import AnswerBatch
 from tiered.core.items import Item
 from tiered.core.rules import ANSWER_EXTRACTORS, normalize_answer
-from tiered.io.replay_log import ReplayLog
-from tiered.models.replay import Replay, replay_items
+from tiered.replay.log import ReplayLog
+from tiered.replay.model import Replay, replay_items
 
 
 def _answer_codes(labels: np.ndarray, extract: str | None) -> np.ndarray:
