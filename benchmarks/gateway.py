@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/gateway.py [--requests 2000] [--concurrency 64]
                                            [--sequential 1000] [--client openai|http]
 
-A fast in-process fake upstream (:class:`tiered.serve.fake_upstream.FakeUpstream`, a
+A fast in-process fake upstream (:class:`tiered.testing.FakeUpstream`, a
 plain asyncio HTTP server) answers chat completions; the gateway runs as a separate
 process (``tiered serve`` on a one-stage cascade whose stage calls that upstream). The
 benchmark, an ``httpx.AsyncClient``, then measures
@@ -44,7 +44,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from tiered.serve.fake_upstream import FakeUpstream
+from tiered.testing import FakeUpstream
 
 PAYLOAD = {
     "model": "fake",
@@ -202,8 +202,7 @@ async def in_process_cpu(n: int) -> float:
 
 def serve_gateway(config: str, port: int) -> None:
     """Child process: what ``tiered serve CONFIG --log-level warning`` does, plus the
-    ``bench_raw`` kind (and ``openai``, whether or not ``tiered.models`` lists it yet)."""
-    import tiered.models.openai_chat  # noqa: F401
+    ``bench_raw`` kind."""
     from tiered.core import register_model
     from tiered.serve import Gateway, load_gateway_config, run_server
 
@@ -311,7 +310,7 @@ async def bench(args: argparse.Namespace) -> None:
     console = Console()
     PAYLOAD["model"] = "bench"  # the gateway's cascade; the fake upstream ignores it
     app_cpu = await in_process_cpu(args.inprocess)
-    upstream = await FakeUpstream(answer="A fast and honest answer.").start()
+    upstream = await FakeUpstream(answer="A fast and honest answer.", record=False).start()
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "gateway.yaml"

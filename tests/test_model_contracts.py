@@ -1,8 +1,10 @@
-"""Every registered model kind passes every contract check that its tags call for.
+"""Every registered model kind and rule kind passes the contract checks (tiered.checks).
 
-To get a new model kind checked, add one case factory to ``CASES`` (or, for a kind that
-needs a running server, a reason to ``NEEDS_SERVER``): a test fails for a built-in kind
-that has neither.
+A model kind's class says how the checks build it (``contract_case()``); a kind that needs
+a test fixture (a fake server on loopback, a local GGUF model) has its case in
+``FIXTURES`` here instead. A rule kind's class carries examples of itself (``examples()``)
+and every rule check runs on each. A registered kind with neither fails its test; a known
+gap is an explicit ``{check: reason}`` expected failure, never a skip.
 """
 
 from __future__ import annotations
@@ -16,91 +18,38 @@ import pytest
 
 from tiered.checks import (
     CHECKS,
-    EXAMPLE_RULES,
+    RULE_CHECKS,
     TOY_CLASSES,
     ModelCase,
     check_model,
+    check_rule,
     check_rule_accept_mask,
+    contract_case,
     model_checks,
+    rule_examples,
 )
 from tiered.core import AnswerBatch, Item, ModelTags
-from tiered.core import spec as core_spec
-from tiered.core.rules import DeferralRule, RuleContext, rule_kinds
-from tiered.core.spec import BuildContext, build_model
-from tiered.replay.log import ReplayLog
-from tiered.replay.model import replay_items
+from tiered.core.rules import RULES, DeferralRule, RuleContext, rule_kinds
+from tiered.core.spec import MODELS, model_kinds
 
-CASES: dict[str, Callable[[], ModelCase]] = {}
+# kinds whose case needs what only the test suite has (each made here, once per session)
+FIXTURES: dict[str, Callable[[], ModelCase]] = {}
 
-# kinds that cannot be built offline, with the reason (each becomes an explicit xfail)
-NEEDS_SERVER: dict[str, str] = {}
+# known gaps of rule kinds: {kind: {check: reason}} (each an expected failure)
+RULE_GAPS: dict[str, dict[str, str]] = {}
 
 
-def case(kind: str) -> Callable[[Callable[[], ModelCase]], Callable[[], ModelCase]]:
+def fixture(kind: str) -> Callable[[Callable[[], ModelCase]], Callable[[], ModelCase]]:
     def deco(fn: Callable[[], ModelCase]) -> Callable[[], ModelCase]:
-        CASES[kind] = fn
+        FIXTURES[kind] = fn
         return fn
 
     return deco
 
 
-@case("hashed_ngram")
-def _hashed() -> ModelCase:
-    return ModelCase("hashed_ngram", lambda: build_model({"kind": "hashed_ngram"}))
-
-
-@case("embedding")
-def _embedding() -> ModelCase:
-    # few, small batches: encoding is ~100 texts/s on a busy 2-core machine
-    return ModelCase(
-        "embedding",
-        lambda: build_model({"kind": "embedding", "cache_size": 16}),
-        n_items=9,
-        stream_rounds=5,
-        stream_batch=16,
-    )
-
-
-@case("label_column")
-def _label_column() -> ModelCase:
-    return ModelCase(
-        "label_column", lambda: build_model({"kind": "label_column", "usd_per_call": 0.002})
-    )
-
-
-def _small_log(n: int = 30) -> ReplayLog:
-    rng = np.random.default_rng(0)
-    models = ["small", "big"]
-    present = np.ones((n, 2), dtype=bool)
-    present[3, 0] = False  # a query the small model has no output for
-    answers = np.array([[str(x) for x in rng.choice(["A", "B"], 2)] for _ in range(n)], object)
-    answers[3, 0] = None
-    return ReplayLog(
-        ids=[f"q{i}" for i in range(n)],
-        models=models,
-        present=present,
-        quality=rng.integers(0, 2, size=(n, 2)).astype(float),
-        cost=np.tile([1e-5, 1e-3], (n, 1)),
-        latency_ms=np.tile([20.0, 300.0], (n, 1)),
-        answers=answers,
-        signals={"logprob": -rng.exponential(0.3, size=(n, 2))},
-        inputs=[f"question {i}?" for i in range(n)],
-    )
-
-
-@case("replay")
-def _replay() -> ModelCase:
-    log = _small_log()
-    pool = replay_items(log)
-
-    def items(n: int, seed: int, classes: Sequence[str]) -> list[Item]:
-        # fresh Item objects for the log's ids (a replay answers only ids it recorded)
-        return [Item(id=pool[(seed + i) % len(pool)].id, input=pool[0].input) for i in range(n)]
-
-    ctx = BuildContext(resources={"replay_log": log})
-    return ModelCase(
-        "replay", lambda: build_model({"kind": "replay", "model": "small"}, ctx), make_items=items
-    )
+def _own(obj: object) -> bool:
+    """Registered by tiered or a plugin, not by this test suite."""
+    return not getattr(obj, "__module__", "").startswith("tests.")
 
 
 _FAKE_LLM: list[Any] = []  # one OpenAI-compatible fake server on loopback for the session
@@ -110,7 +59,7 @@ def _toy_llm_responder(body: dict[str, Any]) -> dict[str, Any]:
     """A toy class picked by a hash of the text (deterministic), with top logprobs."""
     import zlib
 
-    from tests._fake_openai import chat_body, prompt_text
+    from tiered.testing import chat_body, prompt_text
 
     text = prompt_text(body).rsplit("Text:", 1)[-1]
     best = TOY_CLASSES[zlib.crc32(text.encode()) % len(TOY_CLASSES)]
@@ -118,14 +67,14 @@ def _toy_llm_responder(body: dict[str, Any]) -> dict[str, Any]:
     return chat_body(best, [(best, top[best], top)])
 
 
-@case("openai")
+@fixture("openai")
 def _openai() -> ModelCase:
-    from tests._fake_openai import FakeOpenAI
-    from tiered.models.openai_chat import OpenAIChat
+    from tiered.models.llm.openai_chat import OpenAIChat
+    from tiered.testing import FakeUpstream
 
     if not _FAKE_LLM:
-        _FAKE_LLM.append(FakeOpenAI(_toy_llm_responder, record=False).__enter__())
-    url = _FAKE_LLM[0].url
+        _FAKE_LLM.append(FakeUpstream(_toy_llm_responder, record=False).start_in_thread())
+    url = _FAKE_LLM[0].base_url
     return ModelCase(
         "openai",
         lambda: OpenAIChat(base_url=url, model="fake", api_key_env=None, labels=list(TOY_CLASSES)),
@@ -135,9 +84,9 @@ def _openai() -> ModelCase:
     )
 
 
-@case("llamacpp")
+@fixture("llamacpp")
 def _llamacpp() -> ModelCase:
-    from tiered.models.llamacpp import LlamaCpp, LlamaCppSpec
+    from tiered.models.llm.llamacpp import LlamaCpp, LlamaCppSpec
 
     # Gemma 3 270M, loaded once for every instance (shared engine); few small batches
     spec = LlamaCppSpec(
@@ -154,60 +103,73 @@ def _llamacpp() -> ModelCase:
     return ModelCase("llamacpp", lambda: LlamaCpp(spec), n_items=6, stream_rounds=3, stream_batch=4)
 
 
-def _builtin_kinds() -> dict[str, list[str]]:
-    """Built-in kinds grouped by factory (aliases share one), first kind as the key."""
-    core_spec.model_kinds()  # imports tiered.models
+def _model_kinds() -> dict[str, list[str]]:
+    """Registered model kinds grouped by factory (aliases share one), first kind as key."""
     groups: dict[Any, list[str]] = {}
-    for kind, factory in sorted(core_spec._MODELS.items()):
-        if factory.__module__.startswith("tiered."):  # not kinds that tests register
+    for kind in model_kinds():
+        factory = MODELS.get(kind)
+        if _own(factory):
             groups.setdefault(factory, []).append(kind)
     return {kinds[0]: kinds for kinds in groups.values()}
 
 
-def test_every_builtin_model_kind_has_a_contract_case() -> None:
-    missing = [
-        kinds
-        for kinds in _builtin_kinds().values()
-        if not any(k in CASES or k in NEEDS_SERVER for k in kinds)
-    ]
+def _case_maker(kinds: list[str]) -> Callable[[], ModelCase] | None:
+    for kind in kinds:
+        if contract_case(kind) is not None:
+            return lambda kind=kind: contract_case(kind)  # type: ignore[misc, return-value]
+        if kind in FIXTURES:
+            return FIXTURES[kind]
+    return None
+
+
+def test_every_model_kind_has_a_contract_case() -> None:
+    missing = [kinds for kinds in _model_kinds().values() if _case_maker(kinds) is None]
     assert not missing, (
-        f"model kinds {missing} have no case in tests/test_model_contracts.py: add a "
-        "factory to CASES (or a reason to NEEDS_SERVER)"
+        f"model kinds {missing} have no contract case: give the model class a "
+        "contract_case() classmethod (tiered.checks.HasContractCase)"
     )
 
 
-def _params() -> list[Any]:
-    out = []
-    for kind, make in CASES.items():
-        c = make()
-        for check in model_checks(c):
-            reason = c.expected_failures.get(check.name)
-            marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-            out.append(pytest.param(kind, check.name, id=f"{kind}-{check.name}", marks=marks))
-    for kind, reason in NEEDS_SERVER.items():
-        out.append(
-            pytest.param(
-                kind, "", id=f"{kind}-needs-server", marks=pytest.mark.xfail(reason=reason)
-            )
-        )
-    return out
+def test_fixtures_are_only_for_kinds_whose_class_has_no_case() -> None:
+    both = [kind for kind in FIXTURES if contract_case(kind) is not None]
+    assert not both, f"{both} have a contract_case(): remove them from FIXTURES"
+    assert {"hashed_ngram", "embedding", "label_column", "replay"} <= {
+        kind for kind in model_kinds() if contract_case(kind) is not None
+    }
 
 
 _BUILT: dict[str, ModelCase] = {}
 
 
+def _case(kind: str) -> ModelCase:
+    if kind not in _BUILT:
+        make = _case_maker(_model_kinds()[kind])
+        assert make is not None, f"model kind {kind!r} has no contract case"
+        _BUILT[kind] = make()
+    return _BUILT[kind]
+
+
+def _params() -> list[Any]:
+    out = []
+    for kind, kinds in _model_kinds().items():
+        if _case_maker(kinds) is None:
+            continue  # test_every_model_kind_has_a_contract_case fails for it
+        c = _case(kind)
+        for check in model_checks(c):
+            reason = c.expected_failures.get(check.name)
+            marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+            out.append(pytest.param(kind, check.name, id=f"{kind}-{check.name}", marks=marks))
+    return out
+
+
 @pytest.mark.parametrize(("kind", "check"), _params())
 def test_model_contract(kind: str, check: str) -> None:
-    if kind in NEEDS_SERVER:
-        raise AssertionError(NEEDS_SERVER[kind])
-    if kind not in _BUILT:
-        _BUILT[kind] = CASES[kind]()
-    CHECKS[check].run(_BUILT[kind])
+    CHECKS[check].run(_case(kind))
 
 
 def test_checks_are_chosen_from_tags() -> None:
-    label_column = {c.name for c in model_checks(CASES["label_column"]())}
-    hashed = {c.name for c in model_checks(CASES["hashed_ngram"]())}
+    label_column = {c.name for c in model_checks(_case("label_column"))}
+    hashed = {c.name for c in model_checks(_case("hashed_ngram"))}
     assert "probabilities" not in label_column and "state_round_trip" not in label_column
     assert {"probabilities", "state_round_trip", "label_set_grows"} <= hashed
     assert "apredict_matches_predict" not in hashed  # not asynchronous
@@ -304,34 +266,67 @@ def test_known_gap_is_an_expected_failure_and_a_stale_one_is_reported() -> None:
 
 
 # -------------------------------------------------------------------- rules
-# rule kinds without an example yet, with the reason (each becomes an explicit xfail)
-RULES_WITHOUT_EXAMPLE: dict[str, str] = {}
+def _rule_kinds() -> list[str]:
+    return [kind for kind in rule_kinds() if _own(RULES.get(kind))]
 
 
 def _rule_params() -> list[Any]:
     out = []
-    for kind in sorted(set(rule_kinds()) | set(EXAMPLE_RULES)):
-        reason = RULES_WITHOUT_EXAMPLE.get(kind)
-        marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
-        out.append(pytest.param(kind, id=kind, marks=marks))
+    for kind in _rule_kinds():
+        for check in RULE_CHECKS:
+            reason = RULE_GAPS.get(kind, {}).get(check)
+            marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+            out.append(pytest.param(kind, check, id=f"{kind}-{check}", marks=marks))
     return out
 
 
-@pytest.mark.parametrize("kind", _rule_params())
-def test_rule_accept_mask_contract(kind: str) -> None:
-    assert kind in EXAMPLE_RULES, (
-        f"rule kind {kind!r} has no example in tiered.checks.EXAMPLE_RULES: add one "
-        "(or a reason to RULES_WITHOUT_EXAMPLE in this file)"
+@pytest.mark.parametrize(("kind", "check"), _rule_params())
+def test_rule_contract(kind: str, check: str) -> None:
+    examples = rule_examples(kind)
+    assert examples, (
+        f"rule kind {kind!r} has no examples: give its class an examples() classmethod "
+        "returning a few instances"
     )
-    rule = EXAMPLE_RULES[kind]()
-    assert rule.kind == kind
-    check_rule_accept_mask(rule)
+    for rule in examples:
+        assert rule.kind == kind, f"an example of {kind!r} has kind {rule.kind!r}"
+        RULE_CHECKS[check](rule)
 
 
-def test_rule_check_catches_a_wrong_shape() -> None:
-    class Half(DeferralRule):  # no default kind: not added to the rule registry
-        def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
-            return np.ones(len(answers) // 2, dtype=bool)
+def test_every_builtin_rule_kind_is_checked() -> None:
+    assert {"threshold", "agreement", "scorer", "exante_gate", "cascade_route"} <= set(
+        _rule_kinds()
+    )
 
+
+class _Half(DeferralRule):  # no default kind: not added to the rule registry
+    def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+        return np.ones(len(answers) // 2, dtype=bool)
+
+
+class _Chatty(DeferralRule):
+    def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
+        return np.ones(len(answers), dtype=bool)
+
+    def describe(self) -> str:
+        return "accepts\neverything"
+
+
+def test_rule_checks_catch_their_bugs() -> None:
     with pytest.raises(AssertionError, match="shape"):
-        check_rule_accept_mask(Half(kind="half"))
+        check_rule_accept_mask(_Half(kind="half"))
+    with pytest.raises(AssertionError, match=r"describe: .*not one line"):
+        check_rule(_Chatty(kind="chatty"))
+    # not registered under its kind: parsing its dict back cannot give it again
+    with pytest.raises(AssertionError, match=r"dict_round_trip: .*unknown rule kind 'chatty'"):
+        check_rule(_Chatty(kind="chatty"), {"describe": "says it in two lines"})
+
+
+def test_rule_known_gap_is_an_expected_failure() -> None:
+    report = check_rule(_Chatty(kind="chatty"), {"describe": "x", "dict_round_trip": "y"})
+    assert report == {
+        "accept_mask": "passed",
+        "describe": "xfail: x",
+        "dict_round_trip": "xfail: y",
+    }
+    with pytest.raises(AssertionError, match="passes, but is listed as a known gap"):
+        check_rule(rule_examples("vote")[0], {"describe": "stale"})

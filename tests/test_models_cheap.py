@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from tiered.models.hashed_ngram import (
     NgramHasher,
 )
 from tiered.models.label_column import LabelColumn
+from tiered.store.state import encode_state
 
 SMALL = 2**16  # features: plenty for toy data, and quick to allocate
 
@@ -189,7 +189,7 @@ def test_state_dict_is_compact_and_refuses_another_hashing() -> None:
     model = HashedNgramModel()  # 2**20 features
     items = toy_items(30)
     model.learn(items, _labels(items))
-    blob = pickle.dumps(model.state_dict())
+    blob = encode_state(model.state_dict())
     assert len(blob) < 1_000_000  # only the weights in use, not 3 x 2**20 floats
     with pytest.raises(StoreError, match="checkpoint of model 'hashed_ngram'"):
         HashedNgramModel(n_features=SMALL).load_state_dict(model.state_dict())

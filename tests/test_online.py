@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ from tiered.online import (
     estimate_agreement,
     wilson_interval,
 )
+from tiered.store.state import decode_state, encode_state
 
 # --------------------------------------------------------------------- fakes
 
@@ -356,7 +356,7 @@ def test_meter_state_format_is_unchanged_and_round_trips() -> None:
     # checkpoints from before audited items output the expert's label still load
     oc = always_a(audit_rate=0.2)
     run(oc, a_or_b(600, p_a=0.8, seed=23))
-    state = pickle.loads(pickle.dumps(oc.state_dict()))
+    state = decode_state(encode_state(oc.state_dict()))
     assert set(state["meter"]) == {
         "stage", "audited", "agree", "called", "pos", "size",
         "total_stage", "total_audits", "total_agree", "total_called",
@@ -552,10 +552,10 @@ def test_state_dict_round_trip_continues_identically() -> None:
     first, rest = items[:500], items[500:]
     a = cascade(cfg, seed=3, n_cheap=2)
     run(a, first)
-    blob = pickle.dumps(a.state_dict())
+    blob = encode_state(a.state_dict())
     out_a = run(a, rest)
     b = cascade(cfg, seed=3, n_cheap=2)  # fresh models, same arguments
-    b.load_state_dict(pickle.loads(blob))
+    b.load_state_dict(decode_state(blob))
     out_b = run(b, rest)
     assert out_a == out_b
     assert repr(a.stats()) == repr(b.stats())  # repr: NaN == NaN
@@ -664,7 +664,9 @@ def test_expert_without_an_answer_is_not_learned_from_nor_counted_as_an_audit() 
 def test_a_stage_that_is_always_right_gets_to_answer() -> None:
     # one label only: the stage is never wrong, so its head must still let it answer
     items = [Item(id=str(i), input="x y z", fields={"label": "a"}) for i in range(600)]
-    oc = cascade(OnlineConfig(target_agreement=0.95, warmup=50, window=200))
+    # steering the point estimate: 600 items at 5% audits cannot promise 0.95 with a bound
+    cfg = OnlineConfig(target_agreement=0.95, warmup=50, window=200, control="estimate")
+    oc = cascade(cfg)
     out = run(oc, items)
     assert sum((d.audited_stage or d.stage) == "nb0" for d in out[300:]) > 250
     assert 0.9 < out[-1].confidence < 1.0 or out[-1].stage == "expert"

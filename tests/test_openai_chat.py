@@ -1,4 +1,4 @@
-"""OpenAIChat against a small OpenAI-compatible server on 127.0.0.1 (tests/_fake_openai.py)."""
+"""OpenAIChat against the fake OpenAI-compatible server on 127.0.0.1 (tiered.testing)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tests._fake_openai import FakeOpenAI, Reply, chat_body, completion_body, prompt_text
 from tiered.core import Cascade, Item, RuleContext, Stage, Threshold, build_model
 from tiered.core.spec import BuildContext
 from tiered.errors import (
@@ -24,7 +23,7 @@ from tiered.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from tiered.models.openai_chat import (
+from tiered.models.llm import (
     Budget,
     OpenAIChat,
     normalize_casefold,
@@ -32,8 +31,15 @@ from tiered.models.openai_chat import (
     normalize_number,
     resolve_normalizer,
 )
-from tiered.models.upstream_http import map_http_status, map_transport_error
 from tiered.store.response_cache import ResponseCache
+from tiered.testing import (
+    FakeUpstream,
+    Reply,
+    chat_body,
+    completion_body,
+    prompt_text,
+    sentiment_responder,
+)
 
 SENTIMENT: dict[str, Any] = {
     "model": "fake-model",
@@ -48,13 +54,13 @@ ITEMS = [Item("a", "a good film"), Item("b", "a bad film"), Item("c", "a film ab
 
 
 @pytest.fixture
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as srv:
+def server() -> Iterator[FakeUpstream]:
+    with FakeUpstream(sentiment_responder) as srv:
         yield srv
 
 
-def make(srv: FakeOpenAI, **kw: Any) -> OpenAIChat:
-    return OpenAIChat(**{**SENTIMENT, "base_url": srv.url, **kw})
+def make(srv: FakeUpstream, **kw: Any) -> OpenAIChat:
+    return OpenAIChat(**{**SENTIMENT, "base_url": srv.base_url, **kw})
 
 
 def predict(model: OpenAIChat, items: list[Item]) -> Any:
@@ -67,7 +73,7 @@ def predict(model: OpenAIChat, items: list[Item]) -> Any:
 # ------------------------------------------------------------------ classification
 
 
-def test_classify_label_probabilities_from_chat_top_logprobs(server: FakeOpenAI) -> None:
+def test_classify_label_probabilities_from_chat_top_logprobs(server: FakeUpstream) -> None:
     a = predict(make(server), ITEMS)
     assert a.labels == ["fresh", "rotten", None]  # "Banana" is outside the set: defer
     assert a.classes == ("fresh", "rotten")
@@ -92,7 +98,7 @@ def test_classify_completions_endpoint_skips_a_leading_blank_token() -> None:
         ]
         return completion_body("\nNegative", tokens)
 
-    with FakeOpenAI(responder) as srv:
+    with FakeUpstream(responder) as srv:
         a = predict(make(srv, endpoint="completions"), ITEMS[:1])
         body = srv.seen[0].body
     assert a.labels == ["rotten"]
@@ -108,7 +114,7 @@ def test_classify_without_logprobs_uses_k_sample_votes() -> None:
     def responder(body: dict[str, Any]) -> dict[str, Any]:
         return chat_body(next(answers))  # no logprobs at all
 
-    with FakeOpenAI(responder) as srv:
+    with FakeUpstream(responder) as srv:
         m = make(srv, samples=5, max_concurrency=1)
         a = predict(m, ITEMS[:1])
         seeds = sorted(s.body["seed"] for s in srv.seen)
@@ -122,7 +128,7 @@ def test_classify_without_logprobs_uses_k_sample_votes() -> None:
 
 
 def test_classify_without_logprobs_or_samples_gives_no_probabilities() -> None:
-    with FakeOpenAI(lambda body: chat_body("negative")) as srv:
+    with FakeUpstream(lambda body: chat_body("negative")) as srv:
         a = predict(make(srv, logprobs=False), ITEMS[:2])
         assert "logprobs" not in srv.seen[0].body
     assert a.labels == ["rotten", "rotten"] and a.probs is None
@@ -133,7 +139,7 @@ def test_classify_without_logprobs_or_samples_gives_no_probabilities() -> None:
 
 def test_generate_logprob_aggregates_and_number_normaliser() -> None:
     tokens = [("The", -0.5, {}), (" answer", -0.1, {}), (" is", -0.2, {}), (" 1,200", -1.2, {})]
-    with FakeOpenAI(lambda body: chat_body("The answer is 1,200.", tokens)) as srv:
+    with FakeUpstream(lambda body: chat_body("The answer is 1,200.", tokens)) as srv:
         m = make(srv, **GEN, normalizer="number")
         a = predict(m, [Item("q", "How many?")])
         body = srv.seen[0].body
@@ -148,13 +154,13 @@ def test_generate_logprob_aggregates_and_number_normaliser() -> None:
     assert "top_logprobs" not in body and m.tags.generates_text
 
 
-def test_generate_chat_input_is_sent_as_given(server: FakeOpenAI) -> None:
+def test_generate_chat_input_is_sent_as_given(server: FakeUpstream) -> None:
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     predict(make(server, **GEN, system="Be brief."), [Item("x", msgs)])
     assert server.seen[0].body["messages"] == [{"role": "system", "content": "Be brief."}, *msgs]
 
 
-def test_generate_honours_the_callers_generation_parameters(server: FakeOpenAI) -> None:
+def test_generate_honours_the_callers_generation_parameters(server: FakeUpstream) -> None:
     asked = {"max_tokens": 500, "temperature": 0.9, "top_p": 0.5, "stop": ["END"], "seed": 7}
     predict(make(server, **GEN, max_tokens=64), [Item("x", "hi", params=asked)])
     body = server.seen[0].body
@@ -178,7 +184,7 @@ def test_generate_honours_the_callers_generation_parameters(server: FakeOpenAI) 
     assert small == pytest.approx(4e-3) and large == pytest.approx(0.4)
 
 
-def test_classify_ignores_the_callers_generation_parameters(server: FakeOpenAI) -> None:
+def test_classify_ignores_the_callers_generation_parameters(server: FakeUpstream) -> None:
     predict(make(server), [Item("x", "a good film", params={"max_tokens": 500, "stop": ["x"]})])
     body = server.seen[0].body
     assert body["max_tokens"] == 8 and "stop" not in body and body["temperature"] == 0.0
@@ -190,7 +196,7 @@ def test_k_sample_agreement_votes_after_normalising() -> None:
     def responder(body: dict[str, Any]) -> dict[str, Any]:
         return chat_body(replies[body["seed"]])
 
-    with FakeOpenAI(responder) as srv:
+    with FakeUpstream(responder) as srv:
         m = make(srv, **GEN, samples=4, normalizer="choice")
         a = predict(m, [Item("q", "Pick one")])
     assert a.labels == ["B"]
@@ -199,7 +205,7 @@ def test_k_sample_agreement_votes_after_normalising() -> None:
 
 
 def test_samples_via_n_make_one_request() -> None:
-    with FakeOpenAI(lambda body: chat_body("42", n=body.get("n", 1))) as srv:
+    with FakeUpstream(lambda body: chat_body("42", n=body.get("n", 1))) as srv:
         m = make(srv, **GEN, samples=3, sample_mode="n", normalizer="number")
         a = predict(m, [Item("q", "?")])
         assert srv.calls == 1 and srv.seen[0].body["n"] == 3
@@ -216,7 +222,7 @@ def test_verify_signal_is_one_when_two_prompt_variants_agree() -> None:
             return chat_body("13" if "item2" in text else "x = 12\nprint(x)  # 12")
         return chat_body("Let me think... so the answer is 12.")
 
-    with FakeOpenAI(responder) as srv:
+    with FakeUpstream(responder) as srv:
         m = make(
             srv,
             **GEN,
@@ -240,7 +246,7 @@ def test_verify_in_a_cascade_passes_disagreements_on(fake_model: Any) -> None:
         return chat_body("negative" if flip else ("positive" if "good" in text else "negative"))
 
     expert = fake_model("expert", lambda it: "fresh", cost=10.0)
-    with FakeOpenAI(responder) as srv:
+    with FakeUpstream(responder) as srv:
         llm = make(srv, prompt="A: {input}", verify_prompt="B: {input}", logprobs=False)
         cascade = Cascade(
             [
@@ -259,7 +265,7 @@ def test_verify_in_a_cascade_passes_disagreements_on(fake_model: Any) -> None:
 # ------------------------------------------------------------------ retries and errors
 
 
-def test_retries_429_500_and_malformed_json_then_succeeds(server: FakeOpenAI) -> None:
+def test_retries_429_500_and_malformed_json_then_succeeds(server: FakeUpstream) -> None:
     server.then(
         Reply(429, headers={"retry-after": "0"}),
         Reply(500, {"error": {"message": "boom"}}),
@@ -272,7 +278,7 @@ def test_retries_429_500_and_malformed_json_then_succeeds(server: FakeOpenAI) ->
     assert server.calls == 5 and m.calls == 5
 
 
-def test_retries_exhausted_raise_a_tiered_error_naming_the_status(server: FakeOpenAI) -> None:
+def test_retries_exhausted_raise_a_tiered_error_naming_the_status(server: FakeUpstream) -> None:
     server.then(*[Reply(429, {"error": {"message": "slow down"}})] * 3)
     m = make(server, max_retries=2)
     with pytest.raises(RateLimitError, match=r"HTTP 429: slow down.*after 3 attempts") as info:
@@ -281,7 +287,7 @@ def test_retries_exhausted_raise_a_tiered_error_naming_the_status(server: FakeOp
     assert server.calls == 3
 
 
-def test_client_errors_are_not_retried(server: FakeOpenAI) -> None:
+def test_client_errors_are_not_retried(server: FakeUpstream) -> None:
     server.then(Reply(400, {"error": {"message": "context too long"}}))
     with pytest.raises(UpstreamError, match="context too long") as info:
         predict(make(server), ITEMS[:1])
@@ -289,7 +295,7 @@ def test_client_errors_are_not_retried(server: FakeOpenAI) -> None:
     assert server.calls == 1
 
 
-def test_timeouts_are_retried_then_raised_as_upstream_timeout(server: FakeOpenAI) -> None:
+def test_timeouts_are_retried_then_raised_as_upstream_timeout(server: FakeUpstream) -> None:
     server.then(Reply(delay_s=0.6))
     a = predict(make(server, timeout_s=0.2), ITEMS[:1])  # first attempt times out, second answers
     assert a.labels == ["fresh"] and server.calls == 2
@@ -300,49 +306,26 @@ def test_timeouts_are_retried_then_raised_as_upstream_timeout(server: FakeOpenAI
     assert isinstance(info.value.__cause__, TimeoutError) and info.value.retryable
 
 
-def test_persistently_malformed_responses_raise(server: FakeOpenAI) -> None:
+def test_persistently_malformed_responses_raise(server: FakeUpstream) -> None:
     server.then(*[Reply(200, "<html>bad gateway</html>")] * 2)
     with pytest.raises(UpstreamError, match="malformed response"):
         predict(make(server, max_retries=1), ITEMS[:1])
 
 
 def test_connection_refused_is_an_upstream_error() -> None:
-    with FakeOpenAI() as srv:
-        url = srv.url  # closed when the block ends: nothing listens there any more
+    with FakeUpstream() as srv:
+        url = srv.base_url  # closed when the block ends: nothing listens there any more
     m = OpenAIChat(**{**SENTIMENT, "base_url": url, "max_retries": 1})
     with pytest.raises(UpstreamError, match="connection error") as info:
         predict(m, ITEMS[:1])
     assert isinstance(info.value.__cause__, aiohttp.ClientConnectionError)
 
 
-def test_error_mapping_by_status_and_failure() -> None:
-    cases = [
-        (429, RateLimitError, True),
-        (503, UpstreamError, True),
-        (502, UpstreamError, True),
-        (408, UpstreamError, True),
-        (401, UpstreamError, False),
-        (404, UpstreamError, False),
-        (418, UpstreamError, False),
-    ]
-    for status, cls, retryable in cases:
-        err = map_http_status(status, b'{"error": {"message": "why"}}', where="m")
-        assert type(err) is cls and err.retryable is retryable and err.status == status
-        assert str(err) == f"m: HTTP {status}: why"
-    assert "plain text" in str(map_http_status(500, b"plain text"))
-    timeout = map_transport_error(TimeoutError())
-    assert type(timeout) is UpstreamTimeoutError and timeout.retryable
-    refused = map_transport_error(aiohttp.ClientConnectionError("refused"))
-    assert type(refused) is UpstreamError and refused.retryable
-    masked = map_http_status(401, b"key sk-SECRET123 rejected", secrets=["sk-SECRET123"])
-    assert "sk-SECRET123" not in str(masked) and "***" in str(masked)
-
-
 # ------------------------------------------------------------------ budget
 
 
 def test_budget_refuses_a_call_that_could_exceed_the_cap_before_sending(
-    server: FakeOpenAI,
+    server: FakeUpstream,
 ) -> None:
     prices = {"usd_per_input_token": 1e-6, "usd_per_output_token": 1e-6}
     m = make(server, prices=prices, max_usd=1e-5)  # worst case of one call is > 1e-4
@@ -351,7 +334,7 @@ def test_budget_refuses_a_call_that_could_exceed_the_cap_before_sending(
     assert server.calls == 0 and m.budget.spent_usd == 0.0
 
 
-def test_budget_stops_spending_at_the_cap_and_settles_real_usage(server: FakeOpenAI) -> None:
+def test_budget_stops_spending_at_the_cap_and_settles_real_usage(server: FakeUpstream) -> None:
     prices = {"usd_per_input_token": 1e-6, "usd_per_output_token": 2e-6, "usd_per_request": 1e-6}
     per_call = 10 * 1e-6 + 2 * 2e-6 + 1e-6  # the fake reports 10 tokens in, 2 out
     probe = make(server, prices=prices)
@@ -369,7 +352,7 @@ def test_budget_stops_spending_at_the_cap_and_settles_real_usage(server: FakeOpe
     assert m.budget.spent_usd <= cap and m.budget.reserved_usd == pytest.approx(0.0)
 
 
-def test_answers_carry_priced_usage(server: FakeOpenAI) -> None:
+def test_answers_carry_priced_usage(server: FakeUpstream) -> None:
     prices = {"usd_per_input_token": 1e-6, "usd_per_output_token": 2e-6, "usd_per_request": 1e-6}
     a = predict(make(server, prices=prices), ITEMS[:2])
     np.testing.assert_allclose(a.cost, 10e-6 + 4e-6 + 1e-6)
@@ -378,12 +361,13 @@ def test_answers_carry_priced_usage(server: FakeOpenAI) -> None:
     assert (a.latency_ms > 0).all()
 
 
-def test_shared_budget_is_thread_safe_arithmetic() -> None:
+def test_budget_reserves_then_settles_once() -> None:
     b = Budget(1.0)
-    b.reserve(0.6)
+    r = b.reserve(0.6)
     with pytest.raises(BudgetExceededError):
         b.reserve(0.5)
-    b.settle(0.6, 0.1)
+    assert b.settle(r, 0.1) == pytest.approx(0.1)
+    assert b.settle(r, 0.1) == 0.0  # a second settle of the same reservation charges nothing
     b.reserve(0.5)
     assert b.spent_usd == pytest.approx(0.1) and b.reserved_usd == pytest.approx(0.5)
 
@@ -391,12 +375,14 @@ def test_shared_budget_is_thread_safe_arithmetic() -> None:
 # ------------------------------------------------------------------ cache
 
 
-def test_second_identical_run_makes_zero_upstream_calls(server: FakeOpenAI, tmp_path: Path) -> None:
+def test_second_identical_run_makes_zero_upstream_calls(
+    server: FakeUpstream, tmp_path: Path
+) -> None:
     prices = {"usd_per_input_token": 1e-6, "usd_per_output_token": 1e-6}
     spec = {
         **SENTIMENT,
         "kind": "openai",
-        "base_url": server.url,
+        "base_url": server.base_url,
         "prices": prices,
         "cache": "c.db",
     }
@@ -418,7 +404,7 @@ def test_second_identical_run_makes_zero_upstream_calls(server: FakeOpenAI, tmp_
 
 
 def test_cache_key_depends_on_parameters_not_on_the_key(
-    server: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = ResponseCache(tmp_path / "c.db")
     monkeypatch.setenv("K", "key-one")
@@ -431,13 +417,13 @@ def test_cache_key_depends_on_parameters_not_on_the_key(
     cache.close()
 
 
-def _keyed(server: FakeOpenAI, cache: ResponseCache, **kw: Any) -> OpenAIChat:
+def _keyed(server: FakeUpstream, cache: ResponseCache, **kw: Any) -> OpenAIChat:
     return OpenAIChat(
-        cache=cache, **{**SENTIMENT, "base_url": server.url, "api_key_env": "K", **kw}
+        cache=cache, **{**SENTIMENT, "base_url": server.base_url, "api_key_env": "K", **kw}
     )
 
 
-def test_duplicate_requests_in_one_batch_are_paid_once(server: FakeOpenAI) -> None:
+def test_duplicate_requests_in_one_batch_are_paid_once(server: FakeUpstream) -> None:
     same = [Item(str(i), "a good film") for i in range(4)]
     a = predict(make(server, prices={"usd_per_request": 1.0}), same)
     assert server.calls == 1
@@ -459,11 +445,11 @@ def test_the_api_key_never_leaks(
         return chat_body("positive", [("positive", -0.1, {"positive": -0.1})])
 
     leaks: list[str] = []
-    with FakeOpenAI(responder) as srv:
+    with FakeUpstream(responder) as srv:
         spec = {
             **SENTIMENT,
             "kind": "openai",
-            "base_url": srv.url,
+            "base_url": srv.base_url,
             "api_key_env": "TIERED_TEST_KEY",
             "cache": str(tmp_path / "store.db"),
             "max_retries": 1,
@@ -513,7 +499,7 @@ def test_config_errors_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_normalizer("nope")
 
 
-def test_template_field_missing_from_an_item_is_a_data_error(server: FakeOpenAI) -> None:
+def test_template_field_missing_from_an_item_is_a_data_error(server: FakeUpstream) -> None:
     m = make(server, prompt="{input} / {topic}")
     with pytest.raises(DataError, match=r"'topic'.*item 'a'"):
         predict(m, ITEMS[:1])
@@ -523,7 +509,7 @@ def test_template_field_missing_from_an_item_is_a_data_error(server: FakeOpenAI)
     assert server.seen[-1].body["messages"][0]["content"] == "film: good" and a.labels == ["fresh"]
 
 
-def test_predict_works_inside_a_running_event_loop(server: FakeOpenAI) -> None:
+def test_predict_works_inside_a_running_event_loop(server: FakeUpstream) -> None:
     m = make(server)
 
     async def main() -> tuple[list[str | None], list[str | None]]:
@@ -548,17 +534,16 @@ def test_normalisers() -> None:
     assert normalize_choice("B) because") == "B"
     assert normalize_choice("none of these") is None
     assert normalize_casefold("  'Paris.'  ") == "paris"
-    assert resolve_normalizer("math:floor") is math.floor
 
 
 def test_builder_takes_the_run_store_and_a_shared_budget(
-    server: FakeOpenAI, tmp_path: Path
+    server: FakeUpstream, tmp_path: Path
 ) -> None:
     prices = {"usd_per_request": 1.0}
     ctx = BuildContext(
         base_dir=tmp_path, resources={"store_path": tmp_path / "run.db", "budget": Budget(1.5)}
     )
-    spec = {**SENTIMENT, "kind": "openai", "base_url": server.url, "prices": prices}
+    spec = {**SENTIMENT, "kind": "openai", "base_url": server.base_url, "prices": prices}
     first, second = build_model(spec, ctx), build_model({**spec, "model": "other"}, ctx)
     predict(first, ITEMS[:1])  # type: ignore[arg-type]
     with pytest.raises(BudgetExceededError):  # the budget is the run's, not the stage's
@@ -569,14 +554,14 @@ def test_builder_takes_the_run_store_and_a_shared_budget(
     cache.close()
 
 
-def test_max_completion_tokens_for_reasoning_models(server: FakeOpenAI) -> None:
+def test_max_completion_tokens_for_reasoning_models(server: FakeUpstream) -> None:
     predict(make(server, max_tokens=5, max_tokens_field="max_completion_tokens"), ITEMS[:1])
     body = server.seen[0].body
     assert body["max_completion_tokens"] == 5 and "max_tokens" not in body
 
 
 def test_cache_false_means_no_cache_and_true_without_a_path_is_an_error(
-    server: FakeOpenAI,
+    server: FakeUpstream,
 ) -> None:
     # regression: cache=False used to be kept as the cache object and crash at call time
     model = make(server, cache=False)
@@ -587,18 +572,3 @@ def test_cache_false_means_no_cache_and_true_without_a_path_is_an_error(
     assert server.calls == before + 2
     with pytest.raises(ConfigError, match="cache=True needs a place"):
         make(server, cache=True)
-
-
-def test_the_proxy_comes_from_the_environment_except_for_loopback(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from tiered.models.upstream_http import proxy_for
-
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    monkeypatch.setenv("NO_PROXY", "bypassed.example")
-    assert proxy_for("https://api.example.com/v1") == "http://proxy.internal:3128"
-    assert proxy_for("https://bypassed.example/v1") is None
-    assert proxy_for("http://127.0.0.1:8080/v1") is None
-    assert proxy_for("http://localhost:8080/v1") is None
-    monkeypatch.delenv("HTTPS_PROXY")
-    assert proxy_for("https://api.example.com/v1") is None

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tiered.core import Cascade, Item, Stage, parse_rule
-from tiered.core.spec import BuildContext, CascadeSpec, load_cascade
-from tiered.errors import ConfigError
-from tiered.replay.log import ReplayLog
-from tiered.replay.model import Replay, replay_items
 from tiered.calibrate.learned import (
     CascadeRoute,
     ExAnteGate,
@@ -21,7 +18,13 @@ from tiered.calibrate.learned import (
     fit_cascade_routing,
 )
 from tiered.calibrate.learned.heads import log_loss
+from tiered.core import Cascade, Item, Stage, parse_rule
+from tiered.core.spec import BuildContext, CascadeSpec, load_cascade
+from tiered.errors import ConfigError
+from tiered.replay.log import ReplayLog
+from tiered.replay.model import Replay, replay_items
 
+from ._hostile import marker_pickle
 from .conftest import FakeModel
 
 WORDS = [
@@ -140,22 +143,77 @@ def test_online_updates_learn_from_the_experts_answers(log: ReplayLog) -> None:
     assert after[~hard].mean() > after[hard].mean() + 0.3
 
 
-def test_estimator_saves_and_refuses_other_versions(
+def _same_estimates(a: QualityEstimator, b: QualityEstimator, log: ReplayLog) -> None:
+    items = replay_items(log)
+    np.testing.assert_array_equal(a.exante(items), b.exante(items))
+    answers = Replay(log, "big").predict(items)
+    small = Replay(log, "small").predict(items).labels
+    np.testing.assert_array_equal(
+        a.posthoc(items, "big", answers, {"small": small}),
+        b.posthoc(items, "big", answers, {"small": small}),
+    )
+    np.testing.assert_array_equal(a.cost(items), b.cost(items))
+
+
+def test_estimator_saves_as_json_and_npz_and_refuses_other_versions(
     tmp_path: Path, log: ReplayLog, fitted: QualityEstimator
 ) -> None:
-    path = fitted.save(tmp_path / "e.joblib")
-    items = replay_items(log)[300:]
+    path = fitted.save(tmp_path / "e.json")
+    assert path == tmp_path / "e.json" and (tmp_path / "e.npz").exists()
     again = QualityEstimator.load(path)
-    np.testing.assert_allclose(again.exante(items), fitted.exante(items))
+    # the same estimates, the training queries still scored by their held-out fold
+    _same_estimates(fitted, again, log)
+    doc = json.loads(path.read_text())
+    doc["tree"]["version"] = 999
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="format version 999"):
+        QualityEstimator.load(tmp_path / "old.json")
+    with pytest.raises(ConfigError, match="not found"):
+        QualityEstimator.load(tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match=r"saved as a \.json file"):
+        fitted.save(tmp_path / "e.joblib")
+
+
+@pytest.mark.parametrize(("head", "calibration"), [("logistic", "sigmoid"), ("mlp", "isotonic")])
+def test_a_loaded_estimator_answers_and_learns_as_the_saved_one(
+    tmp_path: Path, log: ReplayLog, head: str, calibration: str
+) -> None:
+    est = QualityEstimator(folds=3, alphas=(1e-3,), head=head, calibration=calibration)  # type: ignore[arg-type]
+    est.fit(log, rows=np.arange(300))
+    items = replay_items(log)[300:]
+    answers = {m: Replay(log, m).predict(items) for m in MODELS}
+    est.learn_from_expert(items[:50], {m: a.take(np.arange(50)) for m, a in answers.items()}, "big")
+    again = QualityEstimator.load(est.save(tmp_path / "e.json"))
+    _same_estimates(est, again, log)
+    for e in (est, again):  # online learning goes on from the same weights (and Adam state)
+        e.learn_from_expert(items, answers, expert="big")
+    _same_estimates(est, again, log)
+
+
+def test_an_estimator_file_that_is_a_pickle_never_runs(tmp_path: Path, log: ReplayLog) -> None:
     import joblib
 
-    data = joblib.load(path)
-    data["version"] = 999
-    joblib.dump(data, tmp_path / "old.joblib")
-    with pytest.raises(ConfigError, match="format version 999"):
-        QualityEstimator.load(tmp_path / "old.joblib")
-    with pytest.raises(ConfigError, match="not found"):
-        QualityEstimator.load(tmp_path / "missing.joblib")
+    marker = tmp_path / "pwned"
+    (tmp_path / "c.estimator.json").write_bytes(marker_pickle(marker))
+    joblib.dump(pickle.loads(marker_pickle(tmp_path / "unused")), tmp_path / "old.joblib")
+    (tmp_path / "unused").unlink()
+    for name in ("c.estimator.json", "old.joblib"):
+        spec = {
+            "stages": [
+                {
+                    "name": "small",
+                    "model": {"kind": "replay", "model": "small"},
+                    "rule": {"kind": "scorer", "threshold": 0.5, "estimator": name},
+                },
+                {"name": "big", "model": {"kind": "replay", "model": "big"}},
+            ]
+        }
+        (tmp_path / "c.yaml").write_text(json.dumps(spec))
+        ctx = BuildContext(base_dir=tmp_path, resources={"replay_log": log})
+        with pytest.raises(ConfigError, match=rf"{name} is not a tiered quality estimator file"):
+            load_cascade(tmp_path / "c.yaml", ctx)
+        assert not marker.exists()
+        assert not (tmp_path / "unused").exists()
 
 
 def test_bad_parameters_are_config_errors() -> None:
@@ -250,7 +308,8 @@ def test_cascade_routing_meets_its_objective_on_the_data_it_was_fitted_on(
     fit = fit_cascade_routing(log, estimator=_estimator().fit(log), **objective)  # type: ignore[arg-type]
     assert fit.fit.feasible
     path = fit.save(tmp_path / "routing.yaml")
-    assert (tmp_path / "routing.estimator.joblib").exists()
+    assert (tmp_path / "routing.estimator.json").exists()
+    assert (tmp_path / "routing.estimator.npz").exists()
     ctx = BuildContext(base_dir=tmp_path, resources={"replay_log": log})
     result = load_cascade(path, ctx).run(replay_items(log))
     # the engine replays exactly what the fit measured
@@ -269,9 +328,9 @@ def test_rules_round_trip_through_dicts_and_cascade_files(
     tmp_path: Path, log: ReplayLog, fitted: QualityEstimator
 ) -> None:
     rules = [
-        ScorerThreshold(threshold=0.6, model="small", estimator="e.joblib"),
-        ExAnteGate(threshold=0.4, on_reject="last", estimator="e.joblib"),
-        CascadeRoute(models=MODELS, lam=300.0, estimator="e.joblib"),
+        ScorerThreshold(threshold=0.6, model="small", estimator="e.json"),
+        ExAnteGate(threshold=0.4, on_reject="last", estimator="e.json"),
+        CascadeRoute(models=MODELS, lam=300.0, estimator="e.json"),
     ]
     for rule in rules:
         data = rule.to_dict()
@@ -289,7 +348,7 @@ def test_rules_round_trip_through_dicts_and_cascade_files(
     spec.stages[0] = spec.stages[0].model_copy(update={"rule": scorer, "gate": gate})
     spec.save(tmp_path / "c.yaml")
     text = (tmp_path / "c.yaml").read_text()
-    assert "estimator: c.estimator.joblib" in text and "kind: scorer" in text
+    assert "estimator: c.estimator.json" in text and "kind: scorer" in text
     test = log.subset(np.arange(300, 400))
     ctx = BuildContext(base_dir=tmp_path, resources={"replay_log": test})
     loaded = load_cascade(tmp_path / "c.yaml", ctx).run(replay_items(test))
@@ -355,10 +414,10 @@ def test_inspect_shows_each_stage_answered_passed_on_and_skipped(
     step = result.run(replay_items(loaded)).steps[0]
     row = next(line for line in got.output.splitlines() if line.startswith("│ small"))
     cells = [c.strip() for c in row.strip("│").split("│")]
-    assert cells[4] == f"{len(loaded):,}"
-    assert cells[5].startswith(f"{int(step.accepted.sum()):,} (")
-    assert cells[6].startswith(f"{int((~step.accepted).sum()):,} (")
-    assert cells[7].startswith(f"{step.skipped.size:,} (")
+    assert cells[3] == f"{len(loaded):,}"  # stage, gate, rule, then what the stage did
+    assert cells[4].startswith(f"{int(step.accepted.sum()):,} (")
+    assert cells[5].startswith(f"{int((~step.accepted).sum()):,} (")
+    assert cells[6].startswith(f"{step.skipped.size:,} (")
     bad = CliRunner().invoke(app, ["inspect", str(path), str(path)])
     assert bad.exit_code != 0
 
@@ -374,8 +433,8 @@ def test_answer_shape_copes_with_huge_numbers_and_no_answer() -> None:
 
 def test_scorer_family_masks_are_what_its_rules_do(log: ReplayLog) -> None:
     from tiered.calibrate.evaluate import StageRef, evaluate_stages
-    from tiered.replay.view import LogView
     from tiered.calibrate.learned.families import ScorerFamily
+    from tiered.replay.view import LogView
 
     view = LogView.of(log).take(np.arange(200))
     fam = ScorerFamily(make=_estimator)

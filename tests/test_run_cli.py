@@ -190,7 +190,7 @@ def test_config_mode_csv_in_csv_out(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_a_csv_output_with_other_columns_is_not_resumed(tmp_path: Path) -> None:
     from tiered.errors import StoreError
-    from tiered.io.sinks import DecisionWriter
+    from tiered.io.sinks import DecisionWriter, decision_row
 
     out = tmp_path / "answers.csv"
     old = b"id,label,stage,confidence,cost,audited,expert_label\nr0,pos,expert,1.0,0.01,false,pos\n"
@@ -201,7 +201,7 @@ def test_a_csv_output_with_other_columns_is_not_resumed(tmp_path: Path) -> None:
     # a CSV of this version resumes
     new = tmp_path / "new.csv"
     w = DecisionWriter(new)
-    w.write_rows([DecisionWriter.row("r0", "pos", "expert", 1.0, 0.01, True, "pos", "neg")])
+    w.write([decision_row("r0", "pos", "expert", 1.0, 0.01, True, "pos", "neg")])
     size = w.sync()
     w.close()
     DecisionWriter(new, committed=size).close()
@@ -230,6 +230,8 @@ def test_stdin_input(
          "unknown model kind 'hashed_ngrm'"),
         (("  usd_per_call: 0.01", "  usd_per_call: -1"), 9, "expert.usd_per_call",
          "greater than or equal to 0"),
+        (("{kind: hashed_ngram, name: ngram}", "{kind: hashed_ngram, n_features: -3}"), 6,
+         "cheap.0.model.n_features", "must be an int in [16, 2**30]. Got -3"),  # at build time
     ],
 )  # fmt: skip
 def test_bad_config_is_one_line_naming_file_line_and_field(

@@ -58,7 +58,26 @@ def committed(store_path: Path) -> tuple[int, int]:
         return 0, 0
     with RunStore(store_path) as store:
         cp = store.latest(with_learner=False)
-    return (0, 0) if cp is None else (cp.offset, cp.output_bytes)
+    return (0, 0) if cp is None else (cp.positions["source"], cp.positions["output"])
+
+
+def kill_mid_stream(
+    proc: subprocess.Popen[bytes], log: Path, out: Path, store_path: Path, min_offset: int
+) -> None:
+    """SIGKILL ``proc`` once it committed ``min_offset`` records and wrote more since."""
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the run made no progress"
+            offset, out_bytes = committed(store_path)
+            if offset >= min_offset and out.exists() and out.stat().st_size > out_bytes + 100:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
 
 
 @pytest.mark.slow
@@ -80,19 +99,7 @@ def test_sigkill_mid_stream_then_rerun_answers_every_record_exactly_once(tmp_pat
             stderr=subprocess.STDOUT,
             cwd=tmp_path,
         )
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the run made no progress"
-            offset, out_bytes = committed(store_path)
-            if offset >= 1200 and out.exists() and out.stat().st_size > out_bytes + 100:
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    kill_mid_stream(proc, log, out, store_path, 1200)
     offset, out_bytes = committed(store_path)
     assert 0 < offset < n_records, "killed after the end: nothing to resume"
     assert out.stat().st_size > out_bytes  # uncommitted lines on disk the re-run must drop
@@ -139,7 +146,7 @@ def test_sigkill_mid_stream_then_rerun_answers_every_record_exactly_once(tmp_pat
         assert final is not None
         assert final.learner["counters"]["n_items"] == 4000
         assert final.counters["sessions"] == 3
-        assert final.offset == n_records
+        assert final.positions["source"] == n_records
     first_after = lines[learned_at_kill : learned_at_kill + 200]
     share = sum(x["stage"] == "expert" for x in first_after) / len(first_after)
     assert share < 0.5, f"expert answered {share:.0%} right after the resume: warm-up again?"
@@ -202,9 +209,10 @@ def test_checkpoint_round_trip_identity_and_lock(tmp_path: Path) -> None:
     with RunStore(path) as store:
         store.lock()
         assert store.start(ident) is None
-        cp = Checkpoint(offset=10, output_bytes=99, counters={"items": 9}, learner={"w": [1, 2]})
+        cp = Checkpoint({"source": 10, "output": 99}, {"items": 9}, learner={"w": [1, 2]})
         store.commit(cp, [{"n": 5, "x": 1.0}, {"n": 9, "x": 2.0}])
-        store.commit(Checkpoint(offset=20, output_bytes=199, learner={"w": [3]}, seq=cp.seq))
+        positions = {"source": "1700000000000-3", "output": 199}  # any JSON token
+        store.commit(Checkpoint(positions, learner={"w": [3]}, seq=cp.seq))
         with (
             pytest.raises(StoreError, match="another tiered run is using"),
             RunStore(path) as other,
@@ -213,12 +221,7 @@ def test_checkpoint_round_trip_identity_and_lock(tmp_path: Path) -> None:
     with RunStore(path) as store:
         saved = store.start(ident)
         assert saved is not None
-        assert (saved.offset, saved.output_bytes, saved.seq, saved.learner) == (
-            20,
-            199,
-            2,
-            {"w": [3]},
-        )
+        assert (saved.positions, saved.seq, saved.learner) == (positions, 2, {"w": [3]})
         assert [r["n"] for r in store.history()] == [5, 9]
         with pytest.raises(StoreError, match=r"holds a different run \(input /in.jsonl \(saved\)"):
             store.start(RunIdentity("abc", "/other.jsonl", "/out.jsonl"))

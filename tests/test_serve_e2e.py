@@ -1,7 +1,7 @@
 """The running gateway (``tiered serve`` in a subprocess) driven by the official client.
 
 Upstreams are real servers on loopback: a fault-injection OpenAI-compatible server
-(:class:`~tiered.serve.fake_upstream.FakeUpstream`; the model name picks 500s, slow
+(:class:`~tiered.testing.FakeUpstream`; the model name picks 500s, slow
 answers and so on) behind ``OpenAIChat`` stages, and, in ``test_serve_gemma.py``-style
 tests at the end, the llama.cpp server with Gemma when it can be started.
 """
@@ -23,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from tiered.serve.fake_upstream import FakeUpstream
+from tiered.testing import FakeUpstream
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +71,7 @@ def _yaml(v: Any) -> str:
     return str(v) if isinstance(v, int | float) else f"'{v}'"
 
 
+PER_TOKEN = {"usd_per_input_token": 1e-6, "usd_per_output_token": 1e-6}
 CONFIG = f"""
 server:
   max_in_flight: 2
@@ -104,6 +105,12 @@ cascades:
   - name: priced
     stages:
       - {{name: paid, model: {llm("fake", prices={"usd_per_request": 0.01})}}}
+  - name: limited
+    stages:
+      - {{name: busy-upstream, model: {llm("ratelimit-7")}}}
+  - name: overused
+    stages:
+      - {{name: liar, model: {llm("overuse-1000000000", prices=PER_TOKEN)}}}
   - name: sentiment
     task: classify
     stages:
@@ -116,8 +123,7 @@ def launch(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``tiered serve CFG`` on a free port, polled until ``/health`` answers."""
     port = free_port()
-    # the import registers kind "openai" whether or not tiered.models lists it
-    boot = "import tiered.models.openai_chat; from tiered.cli import main; main()"
+    boot = "from tiered.cli import main; main()"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-c", boot, "serve", str(cfg), "--port", str(port)],
@@ -207,15 +213,10 @@ def test_chat_completion_with_trace_and_headers(gateway: str) -> None:
 def test_the_clients_generation_parameters_reach_the_upstream(
     gateway: str, upstream: FakeUpstream
 ) -> None:
-    upstream.bodies.clear()
-    upstream.keep_bodies = True
-    try:
-        client(gateway).chat.completions.create(
-            model="echo", messages=user("hi"), max_tokens=7, temperature=0.3, stop=["STOP"]
-        )
-    finally:
-        upstream.keep_bodies = False
-    sent = upstream.bodies[-1]
+    client(gateway).chat.completions.create(
+        model="echo", messages=user("hi"), max_tokens=7, temperature=0.3, stop=["STOP"]
+    )
+    sent = upstream.seen[-1].body
     assert (sent["max_tokens"], sent["temperature"], sent["stop"]) == (7, 0.3, ["STOP"])
 
 
@@ -350,6 +351,21 @@ def test_overload_is_429_with_retry_after(gateway: str) -> None:
     for t in threads:
         t.join()
     assert done == ["echo: wait"] * 2
+
+
+def test_the_upstreams_retry_after_reaches_the_client(gateway: str) -> None:
+    with pytest.raises(openai.RateLimitError) as err:
+        client(gateway).chat.completions.create(model="limited", messages=user("hi"))
+    assert err.value.response.headers["retry-after"] == "7"
+    assert err.value.body["code"] == "upstream_rate_limited"  # type: ignore[index]
+
+
+def test_over_reported_usage_is_charged_at_most_the_worst_case(gateway: str) -> None:
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="overused", messages=user("hi")
+    )
+    # 10^9 tokens each way were reported ($2,000); "hi" with 256 tokens out is < $0.001
+    assert 0 < float(raw.headers["x-tiered-cost-usd"]) < 1e-3
 
 
 def test_key_budget_is_enforced(gateway: str) -> None:

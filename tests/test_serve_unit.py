@@ -23,11 +23,16 @@ from fastapi.testclient import TestClient
 from openai._models import construct_type
 
 from tiered.core import AnswerBatch, Item, ModelTags, register_model
-from tiered.errors import BudgetExceededError, ConfigError, UpstreamError, UpstreamTimeoutError
+from tiered.errors import (
+    BudgetExceededError,
+    ConfigError,
+    StoreError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from tiered.errors import RateLimitError as UpstreamRateLimit
 from tiered.serve import Gateway, build_app, error_response, load_gateway_config
 from tiered.serve.auth import KeyRing, Principal, parse_key_entries
-from tiered.serve.budget import BudgetLedger
 from tiered.serve.config import BudgetSettings, GatewayConfig
 from tiered.serve.errors import (
     AuthenticationError,
@@ -39,6 +44,7 @@ from tiered.serve.errors import (
     OverloadedError,
     PayloadTooLargeError,
 )
+from tiered.serve.gateway import gateway_budget
 from tiered.serve.protocol import ChatCompletionRequest, ClassifyRequest, CompletionRequest
 from tiered.serve.serving_base import DONE, KEEPALIVE, split_text
 from tiered.serve.serving_chat import OpenAIServingChat
@@ -46,6 +52,8 @@ from tiered.serve.serving_classify import OpenAIServingClassify
 from tiered.serve.serving_completion import OpenAIServingCompletion
 from tiered.serve.serving_models import OpenAIServingModels
 from tiered.store import connect
+
+from ._hostile import marker_pickle
 
 ME = Principal("anonymous")
 
@@ -420,7 +428,7 @@ def test_deadline_returns_504_and_releases_slot_and_reservation() -> None:
         deadline_s=0.05,
         reserve_usd=0.5,
     )
-    gw.ledger.settings = BudgetSettings(default_usd=10.0)
+    gw.budget.max_usd = 10.0
 
     async def go() -> float:
         t0 = time.perf_counter()
@@ -430,9 +438,9 @@ def test_deadline_returns_504_and_releases_slot_and_reservation() -> None:
 
     assert asyncio.run(go()) < 5.0
     assert gw.limiter.count == 0
-    assert gw.ledger.reserved("anonymous") == 0.0
+    assert gw.budget.reserved("anonymous") == 0.0
     # the stage that completed is paid for; the one cut short is not
-    assert gw.ledger.spent("anonymous") == pytest.approx(0.001)
+    assert gw.budget.spent("anonymous") == pytest.approx(0.001)
 
 
 def test_deadline_holds_for_a_blocking_in_process_model() -> None:
@@ -516,8 +524,8 @@ def test_concurrent_requests_never_spend_past_a_key_budget() -> None:
 
     ok, denied, gw = asyncio.run(go())
     assert (ok, denied) == (2, 6)
-    assert gw.ledger.spent("alice") == pytest.approx(0.002)
-    assert gw.ledger.reserved("alice") == 0.0
+    assert gw.budget.spent("alice") == pytest.approx(0.002)
+    assert gw.budget.reserved("alice") == 0.0
     assert error_response(BudgetDeniedError("x"))[0] == 402
 
 
@@ -550,22 +558,18 @@ def test_spend_survives_a_restart_through_the_store(tmp_path: Path) -> None:
     db = tmp_path / "gw.sqlite"
     settings = BudgetSettings(default_usd=1.0)
 
-    async def spend() -> None:
-        ledger = BudgetLedger(settings, connect(db))
-        r = await ledger.reserve("bob", 0.4)
-        await ledger.settle(r, 0.3)
+    def spend() -> None:
+        budget = gateway_budget(settings, connect(db))
+        r = budget.reserve(0.4, account="bob")
+        budget.settle(r, 0.3)
 
-    asyncio.run(spend())
-    asyncio.run(spend())
-    again = BudgetLedger(settings, connect(db))
+    spend()
+    spend()
+    again = gateway_budget(settings, connect(db))
     assert again.spent("bob") == pytest.approx(0.6)
     assert again.remaining("bob") == pytest.approx(0.4)
-
-    async def too_much() -> None:
-        await again.reserve("bob", 0.5)
-
-    with pytest.raises(BudgetDeniedError):
-        asyncio.run(too_much())
+    with pytest.raises(BudgetExceededError):
+        again.reserve(0.5, account="bob")
 
 
 # --------------------------------------------------------------------------- size limits
@@ -1002,6 +1006,19 @@ def test_online_state_is_saved_to_the_store_and_resumed(tmp_path: Path) -> None:
     again.close()
     with pytest.raises(Exception, match="different config"):
         online_gateway(db, CountingExpert(), Memorizer(), mu=0.3)
+
+
+def test_online_state_that_is_a_pickle_never_runs(tmp_path: Path) -> None:
+    db = tmp_path / "gw.sqlite"
+    gw = online_gateway(db, CountingExpert(), Memorizer())
+    gw.close()  # saves the (empty) learned state of cascade 'sent'
+    marker = tmp_path / "pwned"
+    conn = connect(db)
+    conn.execute("UPDATE learner_state SET state = ?", (marker_pickle(marker),))
+    conn.close()
+    with pytest.raises(StoreError, match=r"learned state of 'sent'.*a pickle"):
+        online_gateway(db, CountingExpert(), Memorizer())
+    assert not marker.exists()
 
 
 def test_a_request_cut_by_its_deadline_does_not_break_learning(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def test_jsonl_batches_resume_at_any_offset(tmp_path: Path) -> None:
         if batches:
             assert batches[0].start == k
             assert all(b.n_records <= 5 for b in batches)
-    limited, _, _ = _drain(list(src.batches(start=3, batch_size=4, limit=10)))
+    limited, _, _ = _drain(list(src.batches(start=3, batch_size=4, max_records=7)))
     assert limited == full[3:10]
 
 

@@ -11,6 +11,10 @@ from tiered.core import (
     load_cascade,
 )
 from tiered.errors import ConfigError, DataError, TieredError
+from tiered.plugins import register_builtins as _register_builtins
+
+# the composition root: declare tiered's own model and rule kinds (nothing is imported yet)
+_register_builtins()
 
 __version__ = "0.1.0"
 

@@ -67,11 +67,22 @@ class ModelError(TieredError):
 
 
 class UpstreamError(ModelError):
-    """A remote backend failed. ``status`` is the HTTP status when there was one."""
+    """A remote backend failed. ``status`` is the HTTP status when there was one.
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
+    ``retry_after_s`` is the wait the backend asked for (its ``Retry-After``), if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
         self.status = status
         self.retryable = retryable
+        self.retry_after_s = retry_after_s
         super().__init__(message)
 
 

@@ -14,7 +14,6 @@ from tiered.calibrate.calibrator import (
     FrontierPoint,
     calibrate,
     choose,
-    rule_text,
 )
 from tiered.calibrate.evaluate import Outcome, StageRef, evaluate_spec, evaluate_stages
 from tiered.calibrate.families import (
@@ -59,6 +58,5 @@ __all__ = [
     "pareto",
     "parse_budget",
     "parse_min_quality",
-    "rule_text",
     "search",
 ]

@@ -26,6 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from tiered.calibrate.certify import (
+    DEFAULT_FIT_SHARE,
+    DEFAULT_TOLERANCE,
+    Certificate,
+    CertifySession,
+    certify,
+)
 from tiered.calibrate.evaluate import evaluate_stages
 from tiered.calibrate.families import RuleFamily, default_families
 from tiered.calibrate.objective import Objective, QualityTarget
@@ -37,22 +44,11 @@ from tiered.calibrate.search import (
     Structure,
     search,
 )
-from tiered.replay.view import LogView
-from tiered.core.rules import (
-    Agreement,
-    AllOf,
-    Always,
-    AnyOf,
-    DeferralRule,
-    Never,
-    Not,
-    Threshold,
-    Vote,
-    Window,
-)
+from tiered.core.rules import DeferralRule
 from tiered.core.spec import CascadeSpec, StageSpec
 from tiered.errors import ConfigError
 from tiered.replay.log import ReplayLog
+from tiered.replay.view import LogView
 
 _EPS = 1e-9
 # Extra quality the fold searches are asked for (objective: quality target).
@@ -61,33 +57,6 @@ QUALITY_MARGINS = (0.0, 0.005, 0.01, 0.02)
 BUDGET_SHARES = (1.0, 0.95, 0.9, 0.8, 0.7)
 
 FamilyFactory = Callable[[LogView], Sequence[RuleFamily]]
-
-
-def rule_text(rule: DeferralRule) -> str:
-    """A rule in a few words: ``logprob >= -0.21``, ``agrees with a``."""
-    if isinstance(rule, Threshold):
-        op = ">=" if rule.accepts_above else "<="
-        return f"{rule.signal} {op} {rule.threshold:.4g}"
-    if isinstance(rule, Window):
-        return f"{rule.signal} outside [{rule.lo:.4g}, {rule.hi:.4g}]"
-    if isinstance(rule, Vote):
-        return f"vote >= {rule.min_share:.3g}"
-    if isinstance(rule, Agreement):
-        who = ", ".join(rule.stages) if rule.stages else "an earlier stage"
-        k = "" if rule.min_agree == 1 else f"{rule.min_agree} of "
-        on = "" if rule.extract is None else f" ({rule.extract.replace('_', ' ')})"
-        return f"agrees with {k}{who}{on}"
-    if isinstance(rule, AnyOf):
-        return " or ".join(rule_text(r) for r in rule.rules)
-    if isinstance(rule, AllOf):
-        return " and ".join(rule_text(r) for r in rule.rules)
-    if isinstance(rule, Not):
-        return f"not ({rule_text(rule.rule)})"
-    if isinstance(rule, Never):
-        return "never (feeds agreement)"
-    if isinstance(rule, Always):
-        return "always"
-    return rule.kind
 
 
 @dataclass(slots=True)
@@ -102,7 +71,7 @@ class FrontierPoint:
     config: Config = field(repr=False)
 
     def text(self) -> str:
-        parts = [f"{s} [{rule_text(r)}]" for s, r in zip(self.stages, self.rules, strict=False)]
+        parts = [f"{s} [{r.describe()}]" for s, r in zip(self.stages, self.rules, strict=False)]
         return " -> ".join([*parts, self.stages[-1]])
 
     def spec(self, name: str = "cascade", metadata: dict[str, Any] | None = None) -> CascadeSpec:
@@ -131,6 +100,9 @@ class CVReport:
     tolerance: float
     structures_tried: int
     per_fold: list[dict[str, float]] = field(default_factory=list)
+    # pooled held-out (quality, cost) of every structure tried, at the smallest margin
+    held_out: dict[Structure, tuple[float, float]] = field(default_factory=dict, repr=False)
+    min_saving: float = 0.0  # a cascade had to save this share of the baseline's cost
 
     @property
     def relative_cost(self) -> float:
@@ -172,7 +144,8 @@ class Calibration:
     seconds: float
     evaluated: int
     notes: list[str] = field(default_factory=list)
-    session: _Session | None = field(default=None, repr=False, compare=False)
+    session: _Session | CertifySession | None = field(default=None, repr=False, compare=False)
+    certificate: Certificate | None = None  # with ``confidence``: what was certified
     spec: CascadeSpec = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -215,6 +188,8 @@ class Calibration:
         }
         if self.notes:
             md["notes"] = list(self.notes)
+        if self.certificate is not None:
+            md["certificate"] = self.certificate.to_dict()
         return md
 
     def save(self, path: str | Path) -> Path:
@@ -322,6 +297,7 @@ class _Session:
         seed: int,
         tolerance: float,
         caution: float,
+        min_saving: float = 0.0,
         repeats: int = 1,
         settings: SearchSettings,
         families: FamilyFactory,
@@ -331,6 +307,7 @@ class _Session:
         self.folds = folds
         self.tolerance = tolerance
         self.caution = caution
+        self.min_saving = min_saving
         self.result = search(view, families(view), settings)
         self.runs: list[_Fold] = []
         self.notes: list[str] = []
@@ -411,6 +388,10 @@ class _Session:
         base_held_out = np.concatenate(
             [f.test.quality[:, f.base(t)] for f, t in zip(runs, targets, strict=True)]
         )
+        base_cost = sum(
+            float(f.test.cost[:, f.base(t)].sum()) for f, t in zip(runs, targets, strict=True)
+        ) / n
+        held: dict[Structure, tuple[float, float]] = {}
         single = choose(self.result.singles, target, None) if target is not None else None
         base_j = self.view.top()[0] if single is None else single.config.final
         baseline: Structure = ((base_j, ""),)
@@ -434,6 +415,11 @@ class _Session:
                 # baseline model must clear the target by more (a paired standard error)
                 doubt = self.caution * float(np.std(qv - base_held_out)) / math.sqrt(n)
                 ok = objective.met(cq - doubt, cc, ref, self.tolerance)
+                if margin == margins[0]:
+                    held[key] = (cq, cc)
+                if ok and not budget_mode and len(key) > 1:
+                    # a cascade saving less than min_saving is not worth its stages
+                    ok = cc <= (1.0 - self.min_saving) * base_cost
                 # feasible first; then least cost (quality target) or most quality (budget);
                 # then the simpler structure and the smaller margin
                 value = -cq if budget_mode else cc
@@ -448,7 +434,7 @@ class _Session:
         text = structure_text(key, self.view.models)
         report = CVReport(
             self.folds, text, margin, cq, cc, top_q, top_c, ref, self.tolerance,
-            len(structures), per_fold,
+            len(structures), per_fold, held, self.min_saving,
         )  # fmt: skip
         return report, key, margin
 
@@ -509,9 +495,13 @@ def calibrate(
     seed: int = 0,
     cv_tolerance: float = 0.005,
     cv_caution: float = 1.0,
+    min_saving: float = 0.0,
     cv_repeats: int = 1,
     settings: SearchSettings | None = None,
     families: FamilyFactory | None = None,
+    confidence: float | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    fit_share: float = DEFAULT_FIT_SHARE,
 ) -> Calibration:
     """Find the cost–quality frontier of cascades on ``log`` and choose a point on it.
 
@@ -526,8 +516,15 @@ def calibrate(
       target) a structure's held-out quality must clear the target by.
     - ``cv_repeats``: repeat the cross-validation with new folds (pooled); each repeat costs
       another ``folds`` searches.
+    - ``min_saving``: for a quality target, a cascade must cost at least this share less
+      than the baseline single model in cross-validation, else the single model is kept
+      (a cascade saving 1% is not worth its extra stages and latency).
     - ``families``: builds the rule families from a view (default
       :func:`~tiered.calibrate.families.default_families`); the extension point for new rules.
+    - ``confidence`` (e.g. 0.95): certify the quality target instead (see
+      :mod:`tiered.calibrate.certify`): search on ``fit_share`` of the rows, test on the
+      rest, and promise quality >= target - ``tolerance`` on new data with that
+      probability. Cross-validation is not used.
     """
     objective = Objective.make(min_quality, budget)
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 0:
@@ -539,6 +536,12 @@ def calibrate(
             f"The 'cv_repeats' parameter must be an int >= 1. Got {cv_repeats!r} instead.",
             field="cv_repeats",
         )
+    if not (isinstance(min_saving, int | float) and 0 <= min_saving < 1):
+        raise ConfigError(
+            f"The 'min_saving' parameter must be a number in [0, 1). Got {min_saving!r} "
+            "instead.",
+            field="min_saving",
+        )
     if not (isinstance(cv_tolerance, int | float) and 0 <= cv_tolerance < 1):
         raise ConfigError(
             f"The 'cv_tolerance' parameter must be a number in [0, 1). Got {cv_tolerance!r} "
@@ -548,12 +551,18 @@ def calibrate(
     view = log if isinstance(log, LogView) else LogView.of(log)
     if view.n == 0:
         raise ConfigError("cannot calibrate on an empty log", field="log")
+    if confidence is not None:
+        return certify(
+            view, objective, confidence=confidence, tolerance=tolerance, fit_share=fit_share,
+            seed=seed, settings=settings, families=families,
+        )  # fmt: skip
     session = _Session(
         view,
         folds=folds,
         seed=seed,
         tolerance=float(cv_tolerance),
         caution=float(cv_caution),
+        min_saving=float(min_saving),
         repeats=cv_repeats,
         settings=settings or SearchSettings(),
         families=families or default_families,
@@ -569,6 +578,5 @@ __all__ = [
     "FrontierPoint",
     "calibrate",
     "choose",
-    "rule_text",
     "structure_text",
 ]

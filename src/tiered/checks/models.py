@@ -7,6 +7,10 @@ Which checks apply is read from the model's :class:`~tiered.core.model.ModelTags
 must fail (an expected failure that passes is reported, so the entry gets removed);
 nothing is skipped silently.
 
+A model class says how the checks build it with a ``contract_case()`` classmethod (see
+:class:`HasContractCase`); :func:`contract_case` finds it for a registered model kind,
+so the project's contract test covers every kind, tiered's and plugins' alike.
+
 >>> from tiered.models.label_column import LabelColumn
 >>> report = check_model(ModelCase("label_column", LabelColumn))
 >>> report["predict_one_answer_per_item"]
@@ -17,20 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import gc
 import math
 import pickle
 import tracemalloc
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
 from tiered.checks.data import TOY_CLASSES, marker, toy_items
+from tiered.checks.report import run_checks
 from tiered.core.answers import AnswerBatch
 from tiered.core.items import Item
 from tiered.core.model import LearnableModel, Model, ModelTags
+from tiered.store.state import decode_state, encode_state
 
 ItemMaker = Callable[[int, int, Sequence[str]], list[Item]]
 
@@ -57,6 +65,19 @@ class ModelCase:
     stream_rounds: int = 8
     stream_batch: int = 100
     memory_slack_bytes: int = 256 * 1024
+
+    @classmethod
+    def from_spec(
+        cls, spec: Mapping[str, Any], resources: Mapping[str, Any] | None = None, **options: Any
+    ) -> ModelCase:
+        """A case building the model from its cascade-file spec, as a cascade would;
+        ``resources`` are what the build context hands it (a replay log, say)."""
+        from tiered.core.spec import BuildContext, build_model
+
+        def factory() -> Model:
+            return build_model(dict(spec), BuildContext(resources=dict(resources or {})))
+
+        return cls(str(spec["kind"]), factory, **options)
 
     def items(self, seed: int = 0, n: int | None = None) -> list[Item]:
         return self.make_items(self.n_items if n is None else n, seed, self.classes)
@@ -264,7 +285,7 @@ def check_state_round_trip(case: ModelCase) -> None:
         "a learning model needs state_dict() and load_state_dict() for checkpoints"
     )
     case.teach(model)
-    state = pickle.loads(pickle.dumps(model.state_dict()))  # checkpoints are stored
+    state = decode_state(encode_state(model.state_dict()))  # as checkpoints store it
     other = case.factory()
     other.load_state_dict(state)  # type: ignore[attr-defined]
     rnd = model.tags.stochastic
@@ -378,6 +399,38 @@ def check_apredict_matches_predict(case: ModelCase) -> None:
     _assert_same(a, b, "apredict vs predict", stochastic=model.tags.stochastic)
 
 
+# ------------------------------------------------------------------ finding
+@runtime_checkable
+class HasContractCase(Protocol):
+    """A model class that says how the contract checks build it (small, offline)."""
+
+    @classmethod
+    def contract_case(cls) -> ModelCase: ...
+
+
+def model_class(kind: str) -> type | None:
+    """The class a registered model kind builds: its factory's return annotation (or the
+    factory itself, when a class is registered); None when neither says."""
+    from tiered.core.spec import MODELS
+
+    factory = MODELS.get(kind)
+    if factory is None or isinstance(factory, type):
+        return factory
+    try:
+        returned = typing.get_type_hints(factory).get("return")
+    except (NameError, TypeError):  # an annotation that cannot be resolved at run time
+        return None
+    return returned if isinstance(returned, type) else None
+
+
+def contract_case(kind: str) -> ModelCase | None:
+    """The contract case of model kind ``kind``, from its class's ``contract_case()``."""
+    cls = model_class(kind)
+    if cls is None or not isinstance(cls, HasContractCase):
+        return None
+    return cls.contract_case()
+
+
 # ------------------------------------------------------------------ running
 def model_checks(case: ModelCase) -> list[Check]:
     """The checks that apply to the case's model (by its tags), in a fixed order."""
@@ -391,32 +444,17 @@ def check_model(case: ModelCase) -> dict[str, str]:
     Raises ``AssertionError`` naming every check that failed unexpectedly, and every
     expected failure that passed (its entry in ``expected_failures`` is stale).
     """
-    unknown = sorted(set(case.expected_failures) - set(CHECKS))
-    if unknown:
-        raise ValueError(f"expected_failures names unknown checks: {unknown}")
-    report: dict[str, str] = {}
-    problems: list[str] = []
-    for check in model_checks(case):
-        reason = case.expected_failures.get(check.name)
-        try:
-            check.run(case)
-        except AssertionError as exc:
-            if reason is None:
-                report[check.name] = f"FAILED: {exc}"
-                problems.append(f"{check.name}: {exc}")
-            else:
-                report[check.name] = f"xfail: {reason}"
-            continue
-        if reason is None:
-            report[check.name] = "passed"
-        else:
-            report[check.name] = "XPASS"
-            problems.append(f"{check.name}: passes, but is listed as a known gap ({reason})")
-    if problems:
-        raise AssertionError(
-            f"model '{case.name}' breaks its contract:\n- " + "\n- ".join(problems)
-        )
-    return report
+    runs = {c.name: functools.partial(c.run, case) for c in model_checks(case)}
+    return run_checks(f"model '{case.name}'", runs, case.expected_failures, CHECKS)
 
 
-__all__ = ["CHECKS", "Check", "ModelCase", "check_model", "model_checks"]
+__all__ = [
+    "CHECKS",
+    "Check",
+    "HasContractCase",
+    "ModelCase",
+    "check_model",
+    "contract_case",
+    "model_checks",
+    "model_class",
+]

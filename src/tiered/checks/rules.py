@@ -1,107 +1,35 @@
-"""Contract checks for deferral rules: an accept mask of the right shape, every time.
+"""Contract checks for deferral rules, run on the examples each rule class carries.
 
-Every registered rule kind needs an example in :data:`EXAMPLE_RULES`; a test fails for
-a kind without one, so a new rule is checked as soon as it is registered.
+Every rule class lists examples of itself (``DeferralRule.examples()``); the project's
+contract test runs :func:`check_rule` on the examples of every registered rule kind, so
+a new rule kind is checked as soon as it is registered (and fails when it has none).
+The checks run the rule on :func:`sample_answers`: a stage named ``s`` after an earlier
+stage named ``cheap`` (examples that name stages use these names).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from tiered.checks.report import run_checks
 from tiered.core.answers import AnswerBatch
 from tiered.core.items import Item
-from tiered.core.rules import (
-    Agreement,
-    AllOf,
-    Always,
-    AnyOf,
-    DeferralRule,
-    Never,
-    Not,
-    RuleContext,
-    Threshold,
-    Vote,
-    Window,
-)
+from tiered.core.rules import RULES, DeferralRule, RuleContext, parse_rule
+from tiered.errors import TieredError
 
-if TYPE_CHECKING:
-    from tiered.calibrate.learned import QualityEstimator
-
+CHECKED_STAGE = "s"
+EARLIER_STAGE = "cheap"
 _CLASSES = ("a", "b", "c")
 _WORDS = ("apple", "river", "stone", "cloud", "music", "paper", "glass", "forest")
 
 
-def _sample_items(n: int, seed: int) -> list[Item]:
+def sample_items(n: int, seed: int) -> list[Item]:
+    """``n`` short texts of five common words (the items of :func:`sample_answers`)."""
     rng = np.random.default_rng(seed)
     return [Item(id=f"i{i}", input=" ".join(rng.choice(_WORDS, size=5))) for i in range(n)]
-
-
-@functools.cache
-def example_estimator() -> QualityEstimator:
-    """A small quality estimator for models ``cheap`` and ``s`` (the checked stage), fitted
-    on a synthetic log where ``cheap`` is right when the query mentions an apple."""
-    from tiered.replay.log import ReplayLog
-    from tiered.calibrate.learned import QualityEstimator
-
-    n = 120
-    items = _sample_items(n, seed=99)
-    rng = np.random.default_rng(99)
-    easy = np.array(["apple" in it.text for it in items])
-    quality = np.column_stack([easy | (rng.random(n) < 0.2), rng.random(n) < 0.85])
-    answers = np.array([[str(x) for x in rng.choice(_CLASSES, size=2)] for _ in range(n)])
-    log = ReplayLog(
-        ids=[it.id for it in items],
-        models=["cheap", "s"],
-        present=np.ones((n, 2), dtype=bool),
-        quality=quality.astype(float),
-        cost=np.column_stack([np.full(n, 1e-4), np.full(n, 1e-3)]),
-        latency_ms=np.full((n, 2), 10.0),
-        answers=answers.astype(object),
-        tasks=[None] * n,
-        inputs=[it.text for it in items],
-        references=[None] * n,
-    )
-    return QualityEstimator(folds=2, alphas=(1e-3,)).fit(log)
-
-
-def _scorer() -> DeferralRule:
-    from tiered.calibrate.learned import ScorerThreshold
-
-    return ScorerThreshold(threshold=0.5).with_estimator(example_estimator())  # type: ignore[no-any-return]
-
-
-def _exante_gate() -> DeferralRule:
-    from tiered.calibrate.learned import ExAnteGate
-
-    return ExAnteGate(threshold=0.5).with_estimator(example_estimator())  # type: ignore[no-any-return]
-
-
-def _cascade_route() -> DeferralRule:
-    from tiered.calibrate.learned import CascadeRoute
-
-    rule = CascadeRoute(models=["cheap", "s"], lam=100.0)
-    return rule.with_estimator(example_estimator())  # type: ignore[no-any-return]
-
-
-EXAMPLE_RULES: dict[str, Callable[[], DeferralRule]] = {
-    "always": Always,
-    "never": Never,
-    "threshold": lambda: Threshold(signal="max_prob", threshold=0.6),
-    "window": lambda: Window(signal="logprob", lo=-1.0, hi=-0.2),
-    "vote": lambda: Vote(min_share=0.6),
-    "agreement": lambda: Agreement(stages=["cheap"]),
-    "all_of": lambda: AllOf(rules=[Threshold(signal="margin", threshold=0.1), Vote(min_share=0.5)]),
-    "any_of": lambda: AnyOf(rules=[Threshold(signal="entropy", threshold=0.9), Never()]),
-    "not": lambda: Not(rule=Threshold(signal="logprob", threshold=-0.5)),
-    # learned-quality rules (tiered.calibrate.learned): fitted on a small synthetic log
-    "scorer": _scorer,
-    "exante_gate": _exante_gate,
-    "cascade_route": _cascade_route,
-}
 
 
 def sample_answers(n: int, seed: int = 0) -> tuple[AnswerBatch, RuleContext]:
@@ -119,9 +47,10 @@ def sample_answers(n: int, seed: int = 0) -> tuple[AnswerBatch, RuleContext]:
     answers = AnswerBatch.from_labels(
         labels, probs=probs, classes=classes, samples=samples, signals={"logprob": logprob}
     )
-    earlier = {"cheap": [str(x) for x in rng.choice(list(classes), size=n)]}
-    items = _sample_items(n, seed)
-    return answers, RuleContext(stage_name="s", stage_index=1, items=items, earlier=earlier)
+    earlier = {EARLIER_STAGE: [str(x) for x in rng.choice(list(classes), size=n)]}
+    return answers, RuleContext(
+        stage_name=CHECKED_STAGE, stage_index=1, items=sample_items(n, seed), earlier=earlier
+    )
 
 
 def check_rule_accept_mask(rule: DeferralRule, n: int = 20) -> None:
@@ -138,4 +67,56 @@ def check_rule_accept_mask(rule: DeferralRule, n: int = 20) -> None:
         assert not (mask & none).any(), f"{rule.kind}: accepted an answer that is None"
 
 
-__all__ = ["EXAMPLE_RULES", "check_rule_accept_mask", "example_estimator", "sample_answers"]
+def check_rule_describe(rule: DeferralRule) -> None:
+    """describe() is one non-empty line of text."""
+    text = rule.describe()
+    assert isinstance(text, str), f"{rule.kind}: describe() gave {type(text).__name__}"
+    assert text.strip(), f"{rule.kind}: describe() is empty"
+    assert "\n" not in text, f"{rule.kind}: describe() is not one line: {text!r}"
+
+
+def check_rule_dict_round_trip(rule: DeferralRule) -> None:
+    """to_dict() -> parse_rule gives the same rule kind and the same dict (cascade files)."""
+    data = rule.to_dict()
+    assert data.get("kind") == rule.kind, f"{rule.kind}: to_dict() has kind {data.get('kind')!r}"
+    try:
+        back = parse_rule(data)
+    except (TieredError, ValueError) as exc:  # ValueError: pydantic's ValidationError
+        raise AssertionError(f"{rule.kind}: its dict does not parse back: {exc}") from exc
+    assert type(back) is type(rule), f"{rule.kind}: parsed back as {type(back).__name__}"
+    assert back.to_dict() == data, f"{rule.kind}: {back.to_dict()} != {data}"
+
+
+RULE_CHECKS: dict[str, Callable[[DeferralRule], None]] = {
+    "accept_mask": check_rule_accept_mask,
+    "describe": check_rule_describe,
+    "dict_round_trip": check_rule_dict_round_trip,
+}
+
+
+def check_rule(
+    rule: DeferralRule, expected_failures: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Run every rule check on ``rule``; returns ``{check: outcome}`` (see ``check_model``)."""
+    runs = {name: functools.partial(fn, rule) for name, fn in RULE_CHECKS.items()}
+    return run_checks(f"rule '{rule.kind}'", runs, expected_failures or {}, RULE_CHECKS)
+
+
+def rule_examples(kind: str) -> list[DeferralRule]:
+    """The examples the class of rule kind ``kind`` carries ([] for an unknown kind)."""
+    cls = RULES.get(kind)
+    return [] if cls is None else list(cls.examples())
+
+
+__all__ = [
+    "CHECKED_STAGE",
+    "EARLIER_STAGE",
+    "RULE_CHECKS",
+    "check_rule",
+    "check_rule_accept_mask",
+    "check_rule_describe",
+    "check_rule_dict_round_trip",
+    "rule_examples",
+    "sample_answers",
+    "sample_items",
+]

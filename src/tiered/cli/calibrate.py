@@ -9,88 +9,12 @@ import typer
 
 from tiered.cli.app import app
 from tiered.cli.options import Rejects, SkipBad
+from tiered.cli.show import print_calibration, print_load_summary
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from tiered.calibrate import Calibration, FrontierPoint
-
-
-def _highlights(cal: Calibration, k: int = 8) -> list[FrontierPoint]:
-    """A few frontier points spread over its cost range, plus the chosen point."""
-    pts = cal.frontier
-    if len(pts) <= k:
-        picked = list(pts)
-    else:
-        idx = {round(i * (len(pts) - 1) / (k - 1)) for i in range(k)}
-        picked = [pts[i] for i in sorted(idx)]
-    if all(p.config is not cal.chosen.config for p in picked):
-        picked.append(cal.chosen)
-    return sorted(picked, key=lambda p: p.cost)
-
-
-def print_calibration(console: Console, cal: Calibration) -> None:
-    """The frontier highlights, then the chosen cascade stage by stage."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from tiered.calibrate import rule_text
-    from tiered.cli.evaluate import pct, usd
-
-    top = cal.top_cost
-
-    def rel(c: float) -> str:
-        return f"{c / top:.3f}" if top > 0 else "-"
-
-    name = Path(cal.log_path).name if cal.log_path else "replay log"
-    table = Table(
-        title=f"Cost–quality frontier on {name}: {len(cal.frontier)} cascades "
-        f"({cal.evaluated:,} scored)"
-    )
-    table.add_column("")
-    table.add_column("quality", justify="right")
-    table.add_column("cost / query", justify="right")
-    table.add_column("relative cost", justify="right")
-    table.add_column("cascade")
-    for p in _highlights(cal):
-        mark = "[bold green]chosen[/]" if p.config is cal.chosen.config else ""
-        table.add_row(mark, pct(p.quality), usd(p.cost), rel(p.cost), escape(p.text()))
-    table.add_row(
-        "best single", pct(cal.top_quality), usd(top), rel(top), escape(cal.top_model),
-        end_section=True,
-    )  # fmt: skip
-    table.add_row("oracle", pct(cal.oracle_quality), usd(cal.oracle_cost), rel(cal.oracle_cost), "")
-    console.print(table)
-
-    chosen = cal.chosen
-    stages = Table(title=f"Chosen cascade ({cal.objective.describe(cal.target)})")
-    stages.add_column("#", justify="right")
-    stages.add_column("stage")
-    stages.add_column("rule family")
-    stages.add_column("accepts when")
-    for i, s in enumerate(chosen.stages):
-        last = i == len(chosen.stages) - 1
-        stages.add_row(
-            str(i + 1),
-            escape(s),
-            "-" if last else escape(chosen.families[i]),
-            "always (last stage)" if last else escape(rule_text(chosen.rules[i])),
-        )
-    console.print(stages)
-    console.print(
-        f"expected on the fitted log: quality [bold]{pct(chosen.quality)}[/], cost "
-        f"[bold]{usd(chosen.cost)}[/] per query, [bold]{rel(chosen.cost)}[/]× the cost of "
-        f"{escape(cal.top_model)} ({pct(cal.top_quality)})"
-    )
-    if cal.cv is not None:
-        cv = cal.cv
-        console.print(
-            f"{cv.folds}-fold cross-validation (held out, thresholds refit per fold): quality "
-            f"{pct(cv.quality)} vs {pct(cv.top_quality)} for the best single model, relative "
-            f"cost {cv.relative_cost:.3f}; {cv.structures_tried} structures tried"
-        )
-    for note in cal.notes:
-        console.print(f"[dim]note: {note}[/]")
+    from tiered.calibrate import Calibration
 
 
 @app.command("calibrate")
@@ -133,16 +57,33 @@ def calibrate_cmd(
             "keep the rule family that cross-validates best (slower).",
         ),
     ] = False,
+    confidence: Annotated[
+        float | None,
+        typer.Option(
+            "--confidence",
+            help="Certify the quality target with this confidence, e.g. 0.95: search on part "
+            "of the log, test on the rest, and promise quality >= target - tolerance on new "
+            "data from the same source (the best single model alone if nothing cheaper "
+            "passes).",
+        ),
+    ] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option("--tolerance", help="How far below the target a certificate may promise."),
+    ] = 0.005,
 ) -> None:
     """Find the cheapest cascade meeting a quality target (or the best within a budget)."""
     from rich.console import Console
 
     from tiered.calibrate import SearchSettings, calibrate
     from tiered.calibrate.objective import Objective
-    from tiered.cli.evaluate import print_load_summary
     from tiered.replay.load import load_replay
 
     Objective.make(min_quality, budget)  # bad parameters fail before the log is read
+    if confidence is not None:
+        from tiered.calibrate.certify import check_certify_options
+
+        check_certify_options(confidence, tolerance, min_quality, budget, estimators)
     settings = SearchSettings(max_stages=max_stages, order=order)  # type: ignore[arg-type]
     console = Console()
     replay_log = load_replay(log, skip_bad=skip_bad, reject_path=rejects)
@@ -170,8 +111,11 @@ def calibrate_cmd(
             folds=folds,
             seed=seed,
             settings=settings,
+            confidence=confidence,
+            tolerance=tolerance,
         )
     print_calibration(console, cal)
+    _print_certificate(console, cal)
     cal.save(out)
     console.print(f"cascade written to {out} ({cal.seconds:.1f} s)")
     if plot is not None:
@@ -185,4 +129,19 @@ def calibrate_cmd(
         console.print(f"plot written to {plot}")
 
 
-__all__ = ["calibrate_cmd", "print_calibration"]
+def _print_certificate(console: Console, cal: Calibration) -> None:
+    from rich.markup import escape
+
+    got = cal.certificate
+    if got is None:
+        console.print(
+            "[dim]not certified: on new data the quality may land below the target "
+            "(--confidence 0.95 certifies it)[/]"
+        )
+    elif got.certified and not got.fallback:
+        console.print(f"[bold green]certificate:[/] {escape(got.statement())}")
+    else:
+        console.print(f"[bold yellow]certificate:[/] {escape(got.statement())}")
+
+
+__all__ = ["calibrate_cmd"]

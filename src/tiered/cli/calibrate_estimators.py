@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from tiered.replay.log import ReplayLog
     from tiered.calibrate.learned.select import Selection
+    from tiered.replay.log import ReplayLog
 
 
 def calibrate_with_estimators_cli(
@@ -35,10 +35,9 @@ def calibrate_with_estimators_cli(
     from rich.table import Table
 
     from tiered.calibrate import Calibration
-    from tiered.cli.calibrate import print_calibration
-    from tiered.cli.evaluate import pct, usd
     from tiered.calibrate.learned.fit import RoutingFit
     from tiered.calibrate.learned.select import calibrate_with_estimators
+    from tiered.cli.show import pct, print_calibration, usd
 
     with console.status("calibrating: confidence rules, learned scorer, cascade routing ..."):
         sel = calibrate_with_estimators(

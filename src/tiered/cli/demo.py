@@ -7,7 +7,7 @@ package): hashed n-grams -> MiniLM embeddings -> Gemma 3 270M as the expert, all
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -33,9 +33,9 @@ def demo_cmd(
 
     from rich.console import Console
 
-    from tiered.cli.run import StreamRun, make_plan, print_summary
     from tiered.demo.data import write_sample
     from tiered.demo.timing import Timed
+    from tiered.runner import RichProgress, StreamRun, make_plan, print_summary
 
     console = Console()
     err = Console(stderr=True)
@@ -50,7 +50,6 @@ def demo_cmd(
     plan = make_plan(
         [str(config), str(data)],
         out / "labels.jsonl",
-        quick={},
         seed=seed,
         store=out / "state.sqlite",
         report=out / "report.html",
@@ -60,29 +59,28 @@ def demo_cmd(
     if target is not None:
         plan.config.online.target_agreement = target
 
-    class DemoRun(StreamRun):
-        timed: Timed
+    timed: list[Timed] = []
 
-        def _stage(self, spec, name, prefix):  # type: ignore[no-untyped-def]
-            stage = super()._stage(spec, name, prefix)
-            if prefix == "expert":
-                stage.model = self.timed = Timed(stage.model)
-            return stage
+    def time_expert(model: Any) -> Any:
+        timed.append(Timed(model))
+        return timed[-1]
 
-    run = DemoRun(plan, console, err)
+    view = RichProgress(err) if plan.progress and err.is_terminal else None
     t0 = time.perf_counter()
-    summary = run.run()
+    summary = StreamRun(plan, view=view, wrap_expert=time_expert).run()
     wall = time.perf_counter() - t0
     print_summary(console, summary)
-    timed: Timed = run.timed
-    expert_only_s = timed.seconds_per_item * summary.items
+    expert = timed[0]
+    expert_only_s = expert.seconds_per_item * summary.items
     console.print(
-        f"expert (Gemma) answers at {1 / max(timed.seconds_per_item, 1e-9):.1f} items/s: "
+        f"expert (Gemma) answers at {1 / max(expert.seconds_per_item, 1e-9):.1f} items/s: "
         f"expert-only would take ~{expert_only_s:,.0f} s for {summary.items:,} items; "
         f"the cascade took {wall:,.0f} s end to end "
         f"({_saved(expert_only_s, wall)} wall time saved, model loading included)"
     )
     console.print(f"output: {plan.output}\nreport: {plan.report}")
+    if summary.stopped_early:
+        raise typer.Exit(summary.exit_code)
 
 
 def _saved(expert_only_s: float, wall_s: float) -> str:

@@ -9,48 +9,24 @@ import typer
 
 from tiered.cli.app import app
 from tiered.cli.options import Rejects, SkipBad
+from tiered.cli.show import ms, pct, print_load_summary, usd
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from tiered.eval.metrics import EvalReport
-    from tiered.replay.log import ReplayLog
-
-
-def usd(x: float | None) -> str:
-    """A cost for people: three significant digits, no exponent."""
-    from tiered.eval.metrics import format_usd
-
-    return format_usd(x)
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def ms(x: float | None) -> str:
-    return "-" if x is None else f"{x:,.0f}"
-
-
-def print_load_summary(console: Console, log: ReplayLog) -> None:
-    """What the loader did besides reading: skipped lines, merges, notes."""
-    if log.skipped:
-        console.print(
-            f"[yellow]skipped {log.skipped} bad line{'s' if log.skipped != 1 else ''}[/]; "
-            f"written with their reasons to {log.reject_path}"
-        )
-    for note in log.notes:
-        console.print(f"[dim]note: {note}[/]")
 
 
 def print_report(console: Console, report: EvalReport) -> None:
     """The eval table: cascade, best single model, oracle bound, then every single model."""
+    from rich.markup import escape
     from rich.table import Table
 
     if report.synthetic:
         console.print("[bold magenta]SYNTHETIC DATA[/] (generated, not real model outputs)")
     name = Path(report.log).name if report.log else "replay log"
-    table = Table(title=f"{report.cascade or 'cascade'} on {name}: {report.n_items:,} queries")
+    title = f"{report.cascade or 'cascade'} on {name}: {report.n_items:,} queries"
+    table = Table(title=escape(title))
     has_latency = report.latency_ms is not None
     table.add_column("", overflow="fold")  # never cut a model's name
     table.add_column("quality", justify="right")
@@ -66,20 +42,20 @@ def print_report(console: Console, report: EvalReport) -> None:
 
     row("[bold]cascade[/]", report.quality, report.cost_per_item, report.latency_ms)
     best = next(p for p in report.models if p.name == report.top_model)
-    row(f"top model: {best.name}", best.quality, best.cost_per_item, best.latency_ms)
+    row(f"top model: {escape(best.name)}", best.quality, best.cost_per_item, best.latency_ms)
     row("oracle bound", report.oracle_quality, report.oracle_cost_per_item, None, end_section=True)
     for p in report.models:
         if p.name != best.name:
-            row(f"[dim]{p.name}[/]", p.quality, p.cost_per_item, p.latency_ms)
+            row(f"[dim]{escape(p.name)}[/]", p.quality, p.cost_per_item, p.latency_ms)
     console.print(table)
     console.print(
         "[dim]relative cost = cost / the top model's cost; oracle = cheapest correct model "
         "per query (none correct: the cheapest model)[/]"
     )
-    share = ", ".join(f"{k} {pct(v)}" for k, v in report.stage_share.items())
+    share = escape(", ".join(f"{k} {pct(v)}" for k, v in report.stage_share.items()))
     console.print(f"answered by stage: {share}")
     if report.missing_outputs:
-        stages = ", ".join(f"{k} {v}" for k, v in report.missing_by_stage.items() if v)
+        stages = escape(", ".join(f"{k} {v}" for k, v in report.missing_by_stage.items() if v))
         n = report.missing_outputs
         console.print(
             f"[yellow]{n} {'query' if n == 1 else 'queries'} lacked a recorded output for a "
@@ -130,4 +106,4 @@ def eval_cmd(
         console.print(f"plot written to {plot}")
 
 
-__all__ = ["eval_cmd", "print_load_summary", "print_report"]
+__all__ = ["eval_cmd", "print_report"]

@@ -22,28 +22,9 @@ if TYPE_CHECKING:
     from tiered.core.rules import DeferralRule
 
 
-def describe_rule(rule: DeferralRule | None) -> tuple[str, str]:
-    """A short text for a rule and its threshold-like parameter ("" when it has none)."""
-    from tiered.calibrate.calibrator import rule_text
-    from tiered.core.rules import Threshold, Vote, Window
-    from tiered.calibrate.learned.rules import CascadeRoute, ExAnteGate, ScorerThreshold
-
-    if rule is None:
-        return "-", ""
-    if isinstance(rule, ScorerThreshold):
-        return "scorer: P(correct | answer) >= t", f"{rule.threshold:.4g}"
-    if isinstance(rule, ExAnteGate):
-        to = ", else to the last stage" if rule.on_reject == "last" else ""
-        return f"P(correct | query) >= t{to}", f"{rule.threshold:.4g}"
-    if isinstance(rule, CascadeRoute):
-        return "cascade routing", f"λ={rule.lam:.4g}/USD"
-    if isinstance(rule, Threshold):
-        return rule_text(rule), f"{rule.threshold:.4g}"
-    if isinstance(rule, Window):
-        return rule_text(rule), f"[{rule.lo:.4g}, {rule.hi:.4g}]"
-    if isinstance(rule, Vote):
-        return rule_text(rule), f"{rule.min_share:.3g}"
-    return rule_text(rule), ""
+def describe_rule(rule: DeferralRule | None) -> str:
+    """A rule in one line ("-" for none)."""
+    return "-" if rule is None else rule.describe()
 
 
 def _find_log(spec_path: Path, given: Path | None, fitted_on: Any) -> Path | None:
@@ -55,12 +36,6 @@ def _find_log(spec_path: Path, given: Path | None, fitted_on: Any) -> Path | Non
         if p.exists():
             return p
     return None
-
-
-def _params(gate: str, rule: str) -> str:
-    if gate and gate == rule:
-        return gate
-    return " / ".join(x for x in (f"gate {gate}" if gate else "", rule) if x)
 
 
 def _q(values: np.ndarray) -> str:
@@ -76,6 +51,7 @@ def inspect_cascade(
     """Print the cascade's stages with their gates and rules, and their outcome on a log."""
     import numpy as np
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from tiered.core.spec import BuildContext, CascadeSpec
@@ -85,18 +61,18 @@ def inspect_cascade(
     console = Console(soft_wrap=True)
     spec = CascadeSpec.load(path)
     log_path = _find_log(path, log, spec.metadata.get("fitted_on"))
-    console.print(f"{path}: cascade '{spec.name}', {len(spec.stages)} stages")
+    console.print(f"{escape(str(path))}: cascade '{escape(spec.name)}', {len(spec.stages)} stages")
     if spec.metadata.get("objective"):
-        console.print(f"objective: {spec.metadata['objective']}")
-    table = Table(title="stages" + (f" on {log_path}" if log_path else ""))
-    for col in ("stage", "gate", "rule", "threshold"):
+        console.print(f"objective: {escape(str(spec.metadata['objective']))}")
+    table = Table(title=escape("stages" + (f" on {log_path}" if log_path else "")))
+    for col in ("stage", "gate", "rule"):
         table.add_column(col, overflow="fold")
     last = len(spec.stages) - 1
     if log_path is None:
         for k, s in enumerate(spec.stages):
-            gate = describe_rule(s.gate) if k < last else ("-", "")
-            rule = describe_rule(s.rule) if k < last else ("answers the rest", "")
-            table.add_row(s.name, gate[0], rule[0], _params(gate[1], rule[1]))
+            gate = describe_rule(s.gate) if k < last else "-"
+            rule = describe_rule(s.rule) if k < last else "answers the rest"
+            table.add_row(escape(s.name), escape(gate), escape(rule))
         console.print(table)
         console.print(
             "[dim]give a replay log (tiered inspect CASCADE LOG) to see what each stage did[/]"
@@ -115,9 +91,9 @@ def inspect_cascade(
     ):
         table.add_column(col, justify="right")
     for k, s in enumerate(spec.stages):
-        gate = describe_rule(s.gate) if k < last else ("-", "")
-        rule = describe_rule(s.rule) if k < last else ("answers the rest", "")
-        cells = [s.name, gate[0], rule[0], _params(gate[1], rule[1])]
+        gate = describe_rule(s.gate) if k < last else "-"
+        rule = describe_rule(s.rule) if k < last else "answers the rest"
+        cells = [escape(s.name), escape(gate), escape(rule)]
         step = result.steps[k] if k < len(result.steps) else None
         if step is None:
             table.add_row(*cells, "0", "-", "-", "-")

@@ -22,9 +22,10 @@ def inspect_replay_log(path: Path, *, skip_bad: bool = False, rejects: Path | No
     from collections import Counter
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    from tiered.cli.evaluate import ms, pct, print_load_summary, usd
+    from tiered.cli.show import ms, pct, print_load_summary, usd
     from tiered.eval.metrics import single_models
     from tiered.replay.load import load_replay
 
@@ -33,10 +34,10 @@ def inspect_replay_log(path: Path, *, skip_bad: bool = False, rejects: Path | No
     tasks = Counter(t for t in log.tasks if t is not None)
     if set(tasks) == {"synthetic"}:
         console.print("[bold magenta]SYNTHETIC DATA[/] (generated, not real model outputs)")
-    top_tasks = ", ".join(f"{t} ({c:,})" for t, c in tasks.most_common(5))
+    top_tasks = escape(", ".join(f"{t} ({c:,})" for t, c in tasks.most_common(5)))
     more = f" and {len(tasks) - 5} more" if len(tasks) > 5 else ""
     console.print(
-        f"{path}: {len(log):,} queries, {log.n_models} models"
+        f"{escape(str(path))}: {len(log):,} queries, {log.n_models} models"
         + (f"; tasks: {top_tasks}{more}" if tasks else "")
     )
     print_load_summary(console, log)
@@ -52,10 +53,10 @@ def inspect_replay_log(path: Path, *, skip_bad: bool = False, rejects: Path | No
     table.add_column("signals", overflow="fold")
     for p in points:
         sig = log.signals_of(p.name)
-        cells = [p.name, pct(p.quality), usd(p.cost_per_item)]
+        cells = [escape(p.name), pct(p.quality), usd(p.cost_per_item)]
         if has_latency:
             cells.append(ms(p.latency_ms))
-        cells += [str(p.missing), ", ".join(sig) if sig else "[dim]none[/]"]
+        cells += [str(p.missing), escape(", ".join(sig)) if sig else "[dim]none[/]"]
         table.add_row(*cells)
     if not has_latency:
         console.print("[dim]no latency recorded in this log[/]")

@@ -42,12 +42,20 @@ def serve_cmd(
             help="Also log every prompt and answer (never on by default: prompts are data).",
         ),
     ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Load the files and build every cascade, then exit without serving.",
+        ),
+    ] = False,
 ) -> None:
     """Serve cascades behind the OpenAI API: /v1/chat/completions, /v1/completions,
     /v1/models, /v1/classify, /health and /metrics."""
     import logging
 
     from rich.console import Console
+    from rich.markup import escape
 
     from tiered.serve import Gateway, load_gateway_config, run_server
 
@@ -61,6 +69,11 @@ def serve_cmd(
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     config = load_gateway_config(configs)
     gateway = Gateway.from_config(config, debug_log_prompts=debug_log_prompts)
+    if check:
+        gateway.close()
+        names = ", ".join(escape(c.name) for c in config.cascades)
+        console.print(f"ok: {len(config.cascades)} cascade(s) built ({names})")
+        return
     if not gateway.keys.enabled and not _is_loopback(host):
         console.print(
             f"[yellow]warning:[/] serving on {host} without API keys: anyone who can reach "

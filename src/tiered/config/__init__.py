@@ -1,5 +1,14 @@
-"""Loading YAML config files into pydantic models with errors that name file, line and field."""
+"""Config files: the run config (:mod:`tiered.config.run`) and YAML loading.
 
-from tiered.config.yaml_file import load_yaml, load_yaml_model, validation_error_to_config_error
+The YAML loader itself lives in :mod:`tiered.core.yaml_file` (cascade files need it, and
+core imports nothing above it); it is re-exported here for the config modules.
+"""
 
-__all__ = ["load_yaml", "load_yaml_model", "validation_error_to_config_error"]
+from tiered.core.yaml_file import (
+    load_yaml,
+    load_yaml_model,
+    validate_yaml,
+    validation_error_to_config_error,
+)
+
+__all__ = ["load_yaml", "load_yaml_model", "validate_yaml", "validation_error_to_config_error"]

@@ -17,6 +17,9 @@ seed: 0
 checkpoint: {every_items: 2000, every_seconds: 10}
 store: null                 # default: OUTPUT + ".tiered.sqlite"
 rejects: null               # default: OUTPUT + ".rejects.jsonl"
+source: null                # INPUT when the command line names none (a file or redis://...)
+output: null                # OUTPUT when -o is not given (a file or redis://...)
+exit_when_idle: null        # a stream INPUT ends once empty this many seconds
 ```
 
 A stage may be written in full (``name``, ``model``, ``usd_per_call``) or as a bare model
@@ -31,7 +34,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tiered.config.yaml_file import load_yaml_model
+from tiered.core.limits import MAX_STAGES, Name, shorten
+from tiered.core.yaml_file import load_yaml_model
 from tiered.online.config import OnlineConfig
 from tiered.store.fingerprint import json_fingerprint
 
@@ -42,18 +46,18 @@ class InputConfig(BaseModel):
     """Which fields of an input record are the text, the id and the gold label."""
 
     model_config = ConfigDict(extra="forbid")
-    text_field: str = "text"
-    id_field: str | None = None
-    label_field: str | None = None
+    text_field: Name = "text"
+    id_field: Name | None = None
+    label_field: Name | None = None
     format: Literal["jsonl", "csv", "parquet"] | None = None
-    required_fields: list[str] = Field(default_factory=list)
+    required_fields: list[Name] = Field(default_factory=list)
 
 
 class StageConfig(BaseModel):
     """One stage: a model spec (``kind`` + parameters), its name and its price per call."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str | None = None
+    name: Name | None = None
     model: dict[str, Any]
     usd_per_call: float | None = Field(default=None, ge=0)
 
@@ -79,8 +83,10 @@ class StageConfig(BaseModel):
         if kind is None:
             raise ValueError("a model spec needs a 'kind'")
         kinds = model_kinds()
-        if str(kind) not in kinds:
-            raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(kinds)}")
+        if not isinstance(kind, str) or kind not in kinds:
+            raise ValueError(
+                f"unknown model kind {shorten(repr(kind))}; known kinds: {', '.join(kinds)}"
+            )
         return v
 
     @property
@@ -101,7 +107,7 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     input: InputConfig = Field(default_factory=InputConfig)
-    cheap: list[StageConfig] = Field(min_length=1)
+    cheap: list[StageConfig] = Field(min_length=1, max_length=MAX_STAGES - 1)
     expert: StageConfig
     online: OnlineConfig = Field(default_factory=OnlineConfig)
     seed: int = 0
@@ -110,6 +116,11 @@ class RunConfig(BaseModel):
     store: str | None = None
     rejects: str | None = None
     replay_out: str | None = None
+    # where the run reads and writes when the command line does not say (file paths
+    # relative to the config's folder, or redis:// stream URLs: tiered.runner.streams)
+    source: str | None = None
+    output: str | None = None
+    exit_when_idle: float | None = Field(default=None, ge=0)
 
     @field_validator("cheap")
     @classmethod

@@ -90,8 +90,14 @@ def parse_cost(spec: CostModel | Mapping[str, Any] | float | None) -> CostModel:
         return RecordedCost()
     if isinstance(spec, CostModel):
         return spec
-    if isinstance(spec, int | float):
+    if isinstance(spec, int | float) and not isinstance(spec, bool):
         return FixedCost(usd_per_call=float(spec))
+    if not isinstance(spec, Mapping):
+        raise ConfigError(
+            "must be a mapping with a 'kind', a number (USD per call) or null. "
+            f"Got a {type(spec).__name__} instead",
+            field="cost",
+        )
     kind = spec.get("kind")
     cls = _COSTS.get(str(kind))
     if cls is None:

@@ -3,8 +3,13 @@
 Every rule returns a boolean *accept* mask; items not accepted are passed on to the
 next stage. Rules are pydantic models with a ``kind`` tag, so they round-trip through
 YAML (``rule.to_dict()`` / :func:`parse_rule`) and compose (``AllOf``, ``AnyOf``,
-``Not``). Other packages add rule kinds by subclassing :class:`DeferralRule` with a new
-``kind`` literal; the registry picks them up.
+``Not``). Each rule says what it does in a line (``describe()``) and carries examples of
+itself for the contract checks (``examples()``, see :mod:`tiered.checks`).
+
+A subclass of :class:`DeferralRule` with a ``kind`` literal is registered in :data:`RULES`
+when it is defined; :mod:`tiered.plugins` declares the modules of tiered's other rule kinds
+(imported on first use), and another package adds kinds through the ``tiered.rules``
+entry-point group (see :mod:`tiered.core.registry`).
 
 An answer of ``None`` (no usable answer) is never accepted, and a missing signal (NaN)
 defers: when in doubt, pass on.
@@ -15,13 +20,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, SerializeAsAny, model_validator
 
 from tiered.core.answers import AnswerBatch
 from tiered.core.items import Item
+from tiered.core.registry import Registry
 from tiered.core.signals import higher_is_confident, read_signal
 from tiered.errors import ConfigError
 
@@ -40,11 +46,21 @@ class RuleContext:
     earlier: Mapping[str, Sequence[str | None]] = field(default_factory=dict)
 
 
-_REGISTRY: dict[str, type[DeferralRule]] = {}
+def _rule_class(kind: str, obj: object) -> type[DeferralRule]:
+    if not (isinstance(obj, type) and issubclass(obj, DeferralRule)):
+        raise TypeError(f"a rule kind must be a DeferralRule subclass; got {obj!r}")
+    field = obj.model_fields.get("kind")
+    if field is None or field.default != kind:
+        raise TypeError(f"{obj.__name__} has kind {None if field is None else field.default!r}")
+    return obj
+
+
+RULES: Registry[type[DeferralRule]] = Registry("rule", "tiered.rules", _rule_class)
 
 
 class DeferralRule(BaseModel):
-    """Base class of all rules. Subclasses set ``kind`` and implement ``accept``."""
+    """Base class of all rules. Subclasses set ``kind`` and implement ``accept``;
+    ``describe`` and ``examples`` make them readable and checkable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: str
@@ -55,7 +71,7 @@ class DeferralRule(BaseModel):
         kind_field = cls.model_fields.get("kind")
         default = None if kind_field is None else kind_field.default
         if isinstance(default, str):
-            _REGISTRY[default] = cls
+            RULES.register(default, cls)
 
     def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
         raise NotImplementedError
@@ -63,6 +79,18 @@ class DeferralRule(BaseModel):
     def signals_needed(self) -> set[str]:
         """Names of the confidence signals this rule reads."""
         return set()
+
+    def describe(self) -> str:
+        """The rule in one line for people (``logprob >= -0.21``); this default lists the
+        parameters that differ from their defaults."""
+        params = self.model_dump(mode="json", exclude={"kind"}, exclude_defaults=True)
+        return " ".join([self.kind, *(f"{k}={v}" for k, v in params.items())])
+
+    @classmethod
+    def examples(cls) -> list[Self]:
+        """Instances of this rule for the contract checks (:mod:`tiered.checks`); a rule kind
+        without any fails its contract test."""
+        return []
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -72,37 +100,18 @@ class DeferralRule(BaseModel):
         return mask & answers.answered
 
 
-# Modules of tiered that define more rule kinds, imported when a kind is not yet known
-# (they pull in scikit-learn: only cascade files that use them pay for the import).
-_RULE_MODULES = ("tiered.calibrate.learned.rules",)
-
-
-def _load_rule_modules() -> bool:
-    """Import the modules defining more rule kinds; True if any was newly imported."""
-    import importlib
-    import sys
-
-    new = False
-    for name in _RULE_MODULES:
-        if name not in sys.modules:
-            importlib.import_module(name)
-            new = True
-    return new
-
-
 def parse_rule(spec: DeferralRule | Mapping[str, Any]) -> DeferralRule:
     """Build a rule from its dict form (``{"kind": "threshold", ...}``)."""
     if isinstance(spec, DeferralRule):
         return spec
     if not isinstance(spec, Mapping) or "kind" not in spec:
         raise ConfigError(f"a rule must be a mapping with a 'kind'; got {spec!r}", field="rule")
-    kind = spec["kind"]
-    cls = _REGISTRY.get(kind)
-    if cls is None and _load_rule_modules():
-        cls = _REGISTRY.get(kind)
+    kind = str(spec["kind"])
+    cls = RULES.get(kind)
     if cls is None:
         raise ConfigError(
-            f"unknown rule kind '{kind}'; known kinds: {', '.join(sorted(_REGISTRY))}",
+            f"unknown rule kind '{kind}'; known kinds: {', '.join(RULES.kinds())} (a package "
+            "adds kinds through the 'tiered.rules' entry-point group)",
             field="rule.kind",
         )
     return cls.model_validate(dict(spec))
@@ -119,6 +128,13 @@ class Always(DeferralRule):
     def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
         return np.ones(len(answers), dtype=bool)
 
+    def describe(self) -> str:
+        return "always"
+
+    @classmethod
+    def examples(cls) -> list[Self]:
+        return [cls()]
+
 
 class Never(DeferralRule):
     """Pass every item on (a stage that only feeds later stages' agreement checks)."""
@@ -127,6 +143,13 @@ class Never(DeferralRule):
 
     def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
         return np.zeros(len(answers), dtype=bool)
+
+    def describe(self) -> str:
+        return "never (feeds agreement)"
+
+    @classmethod
+    def examples(cls) -> list[Self]:
+        return [cls()]
 
 
 class Threshold(DeferralRule):
@@ -151,6 +174,17 @@ class Threshold(DeferralRule):
     def signals_needed(self) -> set[str]:
         return {self.signal}
 
+    def describe(self) -> str:
+        return f"{self.signal} {'>=' if self.accepts_above else '<='} {self.threshold:.4g}"
+
+    @classmethod
+    def examples(cls) -> list[Self]:
+        return [
+            cls(signal="max_prob", threshold=0.6),
+            cls(signal="entropy", threshold=0.9),
+            cls(signal="logprob", threshold=-0.3, direction="below"),
+        ]
+
 
 class Window(DeferralRule):
     """Pass on only items whose signal lies in ``[lo, hi]``, near the decision boundary."""
@@ -174,6 +208,13 @@ class Window(DeferralRule):
     def signals_needed(self) -> set[str]:
         return {self.signal}
 
+    def describe(self) -> str:
+        return f"{self.signal} outside [{self.lo:.4g}, {self.hi:.4g}]"
+
+    @classmethod
+    def examples(cls) -> list[Self]:
+        return [cls(signal="logprob", lo=-1.0, hi=-0.2)]
+
 
 class Vote(DeferralRule):
     """Accept when at least ``min_share`` of the k samples equal their majority answer."""
@@ -187,6 +228,13 @@ class Vote(DeferralRule):
 
     def signals_needed(self) -> set[str]:
         return {"vote"}
+
+    def describe(self) -> str:
+        return f"vote >= {self.min_share:.3g}"
+
+    @classmethod
+    def examples(cls) -> list[Self]:
+        return [cls(min_share=0.6)]
 
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
@@ -281,6 +329,17 @@ class Agreement(DeferralRule):
             )
         return agree >= self.min_agree
 
+    def describe(self) -> str:
+        who = ", ".join(self.stages) if self.stages else "an earlier stage"
+        k = "" if self.min_agree == 1 else f"{self.min_agree} of "
+        on = "" if self.extract is None else f" ({self.extract.replace('_', ' ')})"
+        return f"agrees with {k}{who}{on}"
+
+    @classmethod
+    def examples(cls) -> list[Self]:
+        # "cheap" is the earlier stage of the checks' sample context (tiered.checks.rules)
+        return [cls(stages=["cheap"]), cls(extract="choice", casefold=False)]
+
 
 class AllOf(DeferralRule):
     """Accept when every inner rule accepts."""
@@ -296,6 +355,13 @@ class AllOf(DeferralRule):
 
     def signals_needed(self) -> set[str]:
         return set().union(*(r.signals_needed() for r in self.rules))
+
+    def describe(self) -> str:
+        return " and ".join(r.describe() for r in self.rules)
+
+    @classmethod
+    def examples(cls) -> list[Self]:
+        return [cls(rules=[Threshold(signal="margin", threshold=0.1), Vote(min_share=0.5)])]
 
 
 class AnyOf(DeferralRule):
@@ -313,6 +379,13 @@ class AnyOf(DeferralRule):
     def signals_needed(self) -> set[str]:
         return set().union(*(r.signals_needed() for r in self.rules))
 
+    def describe(self) -> str:
+        return " or ".join(r.describe() for r in self.rules)
+
+    @classmethod
+    def examples(cls) -> list[Self]:
+        return [cls(rules=[Threshold(signal="entropy", threshold=0.9), Never()])]
+
 
 class Not(DeferralRule):
     """Accept what the inner rule passes on."""
@@ -326,15 +399,22 @@ class Not(DeferralRule):
     def signals_needed(self) -> set[str]:
         return self.rule.signals_needed()
 
+    def describe(self) -> str:
+        return f"not ({self.rule.describe()})"
+
+    @classmethod
+    def examples(cls) -> list[Self]:
+        return [cls(rule=Threshold(signal="logprob", threshold=-0.5))]
+
 
 def rule_kinds() -> list[str]:
-    """Every registered rule kind."""
-    _load_rule_modules()
-    return sorted(_REGISTRY)
+    """Every rule kind known (tiered's, defined in code, and from installed plugins)."""
+    return RULES.kinds()
 
 
 __all__ = [
     "ANSWER_EXTRACTORS",
+    "RULES",
     "Agreement",
     "AllOf",
     "Always",

@@ -11,9 +11,11 @@ stages:
 metadata: {objective: "quality >= top", fitted_on: chains_mmlu.jsonl}
 ```
 
-A model's ``kind`` is looked up in the model registry; packages register kinds with
-:func:`register_model`. Whatever a model needs beyond its spec (a replay log, the state
-store) comes in through :class:`BuildContext`.
+A model's ``kind`` is looked up in the model registry (:data:`MODELS`): tiered's own kinds
+are declared by :mod:`tiered.plugins`, code registers more with :func:`register_model`, and
+another package adds kinds through the ``tiered.models`` entry-point group (see
+:mod:`tiered.core.registry`). Whatever a model needs beyond its spec (a replay log, the
+state store) comes in through :class:`BuildContext`.
 
 A stage may also have a ``gate`` (a rule kind that can ``admit`` items before the stage
 runs, e.g. ``{kind: exante_gate, ...}``). Rules may refer to files (a saved quality
@@ -24,7 +26,6 @@ holds in memory next to the cascade file when the spec is saved.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +34,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, field_validator
 
-from tiered.config import load_yaml_model
 from tiered.core.cascade import Cascade, Stage
 from tiered.core.costs import CostModel, RecordedCost, parse_cost
+from tiered.core.limits import MAX_STAGES, Name, shorten
 from tiered.core.model import Model
+from tiered.core.registry import Registry
 from tiered.core.rules import Always, AnyRule, DeferralRule
+from tiered.core.yaml_file import load_yaml_model
 from tiered.errors import ConfigError
 
 
@@ -50,35 +53,41 @@ class BuildContext:
 
 
 ModelFactory = Callable[[dict[str, Any], BuildContext], Model]
-_MODELS: dict[str, ModelFactory] = {}
+
+
+def _factory(kind: str, obj: object) -> ModelFactory:
+    if not callable(obj):
+        raise TypeError(f"a model factory must be callable (spec, ctx) -> Model; got {obj!r}")
+    return obj
+
+
+MODELS: Registry[ModelFactory] = Registry("model", "tiered.models", _factory)
 
 
 def register_model(kind: str) -> Callable[[ModelFactory], ModelFactory]:
     """Register a factory that builds a model from its spec dict (``{"kind": kind, ...}``)."""
 
     def deco(factory: ModelFactory) -> ModelFactory:
-        _MODELS[kind] = factory
+        MODELS.register(kind, factory)
         return factory
 
     return deco
 
 
 def model_kinds() -> list[str]:
-    _load_builtin_models()
-    return sorted(_MODELS)
-
-
-def _load_builtin_models() -> None:
-    importlib.import_module("tiered.models")
+    """Every model kind known (tiered's, registered in code, and from installed plugins)."""
+    return MODELS.kinds()
 
 
 def build_model(spec: dict[str, Any], ctx: BuildContext | None = None) -> Model:
-    _load_builtin_models()
-    kind = spec.get("kind")
-    factory = _MODELS.get(str(kind))
+    """Build a model from its spec (``{"kind": ..., ...}``) with the factory of its kind."""
+    kind = str(spec.get("kind"))
+    factory = MODELS.get(kind)
     if factory is None:
         raise ConfigError(
-            f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(_MODELS))}",
+            f"unknown model kind {shorten(repr(kind))}; known kinds: "
+            f"{', '.join(MODELS.kinds())} (a package adds kinds through the 'tiered.models' "
+            "entry-point group)",
             field="model.kind",
         )
     return factory(spec, ctx or BuildContext())
@@ -106,12 +115,20 @@ def _bind(rule: DeferralRule, ctx: BuildContext) -> DeferralRule:
     return _map_rule(rule, "bind", ctx)
 
 
+def _cost(value: Any) -> CostModel:
+    """A stage's cost model; a bad one is a ValueError, so pydantic names its stage."""
+    try:
+        return parse_cost(value)
+    except ConfigError as exc:
+        raise ValueError(exc.reason) from None
+
+
 class StageSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: Name
     model: dict[str, Any]
     rule: AnyRule = Field(default_factory=Always)
-    cost: Annotated[SerializeAsAny[CostModel], BeforeValidator(parse_cost)] = Field(
+    cost: Annotated[SerializeAsAny[CostModel], BeforeValidator(_cost)] = Field(
         default_factory=RecordedCost
     )
     on_error: Literal["raise", "defer"] = "raise"
@@ -136,8 +153,8 @@ class CascadeSpec(BaseModel):
     """The serializable description of a cascade."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = "cascade"
-    stages: list[StageSpec] = Field(min_length=1)
+    name: Name = "cascade"
+    stages: list[StageSpec] = Field(min_length=1, max_length=MAX_STAGES)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     def build(self, ctx: BuildContext | None = None) -> Cascade:
@@ -206,6 +223,7 @@ def load_cascade(path: str | Path, ctx: BuildContext | None = None) -> Cascade:
 
 
 __all__ = [
+    "MODELS",
     "BuildContext",
     "CascadeSpec",
     "StageSpec",

@@ -3,6 +3,12 @@
 Exactly-once output rests on one rule: a file is flushed and fsynced *before* the store
 commits its length, and on restart the file is truncated back to the committed length.
 Whatever was written after the last checkpoint is dropped and written again, once.
+
+Each file is locked (an advisory ``flock``) while a run writes it, so a second run on the
+same output fails at once instead of interleaving lines. A file that already holds data
+when a *new* run starts (``committed=None``: no saved run knows it) is refused rather than
+truncated. The writers here are the file sinks of :mod:`tiered.runner` (its ``Sink``
+protocol): their position token is the committed byte length.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -35,46 +41,80 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
-class AppendFile:
-    """An append-only file resumed at a committed byte length.
+def _lock(f: IO[bytes], path: Path) -> None:
+    """Claim ``path`` for this process until ``f`` is closed (however the process ends)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: run unguarded
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise StoreError(
+            f"another tiered run is writing {path}; wait for it to end or write to another "
+            "output (two runs on one file would write lines twice and break them)"
+        ) from None
 
-    The file is created on the first write (no empty reject file when nothing was
-    rejected). Opening truncates anything beyond ``committed``: bytes from a run that was
-    killed after writing them but before committing them.
+
+class AppendFile:
+    """An append-only file resumed at a committed byte length, locked while open.
+
+    ``committed`` is the byte length a checkpoint made durable; ``None`` means a new run
+    that no saved state knows of: the file must then be missing or empty. The file is
+    created on the first write (no empty reject file when nothing was rejected). Opening
+    truncates anything beyond ``committed``: bytes from a run that was killed after
+    writing them but before committing them.
     """
 
-    def __init__(self, path: str | Path, committed: int = 0, *, header: bytes = b"") -> None:
+    def __init__(self, path: str | Path, committed: int | None = 0, *, header: bytes = b"") -> None:
         self.path = Path(path)
         self.header = header
         self._f: IO[bytes] | None = None
-        self._size = committed
+        self._new = committed is None
+        self._size = committed or 0
         if self.path.exists():
-            actual = self.path.stat().st_size
-            if actual < committed:
-                raise StoreError(
-                    f"{self.path} holds {actual} bytes but the state store committed {committed}: "
-                    "the file was changed or replaced since the last run; start over with --fresh"
-                )
             self.open()
-        elif committed > 0:
+        elif self._size > 0:
             raise StoreError(
-                f"{self.path} is gone but the state store committed {committed} bytes of it; "
+                f"{self.path} is gone but the state store committed {self._size} bytes of it; "
                 "start over with --fresh"
             )
 
     def open(self) -> IO[bytes]:
-        """Open (creating if needed) and drop every byte beyond the committed length."""
+        """Open (creating if needed), lock, and drop every byte beyond the committed length."""
         if self._f is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            mode = "r+b" if self.path.exists() else "w+b"
-            f: IO[bytes] = open(self.path, mode)  # noqa: SIM115 - closed in close()
-            f.truncate(self._size)
-            f.seek(self._size)
-            if self._size == 0 and self.header:
-                f.write(self.header)
-                self._size = len(self.header)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise StoreError(f"cannot write {self.path}: {exc.strerror}") from None
+            f: IO[bytes] = os.fdopen(fd, "r+b")
+            try:
+                _lock(f, self.path)  # before looking at or cutting anything
+                self._check_size(os.fstat(fd).st_size)
+                f.truncate(self._size)
+                f.seek(self._size)
+                if self._size == 0 and self.header:
+                    f.write(self.header)
+                    self._size = len(self.header)
+            except BaseException:
+                f.close()
+                raise
             self._f = f
         return self._f
+
+    def _check_size(self, actual: int) -> None:
+        if self._new and actual > 0:
+            raise StoreError(
+                f"{self.path} already holds {actual:,} bytes, but the state store holds no run "
+                "that wrote them (the store is missing or empty, or another --store was given): "
+                "pass --fresh to start over and overwrite it, or the --store of that run"
+            )
+        if actual < self._size:
+            raise StoreError(
+                f"{self.path} holds {actual} bytes but the state store committed {self._size}: "
+                "the file was changed or replaced since the last run; start over with --fresh"
+            )
 
     def write(self, data: bytes) -> None:
         if not data:
@@ -109,45 +149,51 @@ def _num(x: float, digits: int) -> float | None:
     return None if x is None or math.isnan(x) else round(float(x), digits)
 
 
+def decision_row(
+    id: str,
+    label: str | None,
+    stage: str,
+    confidence: float,
+    cost: float,
+    audited: bool,
+    expert_label: str | None,
+    cheap_label: str | None = None,
+) -> dict[str, Any]:
+    """One output row: what every output sink writes for one decision."""
+    out: dict[str, Any] = {
+        "id": id,
+        "label": label,
+        "stage": stage,
+        "confidence": _num(confidence, 6),
+        "cost": _num(cost, 10),
+        "audited": bool(audited),
+    }
+    if expert_label is not None:
+        out["expert_label"] = expert_label
+    if cheap_label is not None:
+        out["cheap_label"] = cheap_label
+    return out
+
+
 class DecisionWriter:
     """Writes one line per decision: id, label, stage, confidence, cost, audited,
-    expert_label, cheap_label (JSONL leaves out the last two when they are None)."""
+    expert_label, cheap_label (JSONL leaves out the last two when they are None).
 
-    def __init__(self, path: str | Path, committed: int = 0) -> None:
+    ``committed``: see :class:`AppendFile` (``None``: a new run, the file must be empty).
+    """
+
+    def __init__(self, path: str | Path, committed: int | None = 0) -> None:
         self.format = output_format(path)
         header = b""
         if self.format == "csv":
             header = (",".join(OUTPUT_COLUMNS) + "\n").encode()
-            _check_csv_header(Path(path), committed, header)
+            _check_csv_header(Path(path), committed or 0, header)
         self.file = AppendFile(path, committed, header=header)
-        self.file.open()  # the output exists even when no item was answered
+        self.file.open()  # the output exists (and is locked) even when no item was answered
 
-    @staticmethod
-    def row(
-        id: str,
-        label: str | None,
-        stage: str,
-        confidence: float,
-        cost: float,
-        audited: bool,
-        expert_label: str | None,
-        cheap_label: str | None = None,
-    ) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": id,
-            "label": label,
-            "stage": stage,
-            "confidence": _num(confidence, 6),
-            "cost": _num(cost, 10),
-            "audited": bool(audited),
-        }
-        if expert_label is not None:
-            out["expert_label"] = expert_label
-        if cheap_label is not None:
-            out["cheap_label"] = cheap_label
-        return out
-
-    def write_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+    def write(self, rows: Sequence[Mapping[str, Any]], upto: Any = None) -> None:
+        """Append ``rows`` (``upto``, the input position they answer through, is not needed:
+        a file is cut back to its own committed length)."""
         if not rows:
             return
         if self.format == "jsonl":
@@ -188,15 +234,18 @@ def _check_csv_header(path: Path, committed: int, header: bytes) -> None:
 
 
 class JsonlWriter:
-    """Appends JSON objects, one per line (reject files, replay logs)."""
+    """Appends JSON objects, one per line (reject files, replay logs).
 
-    def __init__(self, path: str | Path, committed: int = 0) -> None:
+    ``committed``: see :class:`AppendFile` (``None``: a new run, the file must be empty).
+    """
+
+    def __init__(self, path: str | Path, committed: int | None = 0) -> None:
         self.file = AppendFile(path, committed)
 
-    def write(self, objs: Sequence[dict[str, Any]]) -> None:
-        if objs:
+    def write(self, rows: Sequence[Mapping[str, Any]], upto: Any = None) -> None:
+        if rows:
             encode = _ENCODER.encode
-            data = "".join([encode(o) + "\n" for o in objs])
+            data = "".join([encode(o) + "\n" for o in rows])
             self.file.write(data.encode("utf-8"))
 
     def sync(self) -> int:
@@ -212,5 +261,6 @@ __all__ = [
     "DecisionWriter",
     "JsonlWriter",
     "OutputFormat",
+    "decision_row",
     "output_format",
 ]

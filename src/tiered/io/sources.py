@@ -4,6 +4,8 @@ A source yields :class:`SourceBatch` es of at most ``batch_size`` *records*. Eve
 has a stable **offset** (its 0-based position in the input: the line index for JSONL,
 the data-row index for CSV and Parquet), so a run that committed offset ``k`` resumes
 with ``source.batches(start=k)`` and sees exactly the records it has not handled yet.
+The offset is the position token of these sources in :mod:`tiered.runner` (they
+implement its ``Source`` protocol).
 
 A record becomes an :class:`~tiered.core.Item`: ``input`` is the text field, ``id`` the
 id field (default: the line number for JSONL, the 1-based row number otherwise) and
@@ -21,6 +23,7 @@ import csv
 import gzip
 import io
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -135,7 +138,7 @@ def detect_format(path: str, format: str | None = None) -> SourceFormat:
     return fmt
 
 
-class Source:
+class FileSource:
     """A record stream with stable offsets; subclasses parse one format."""
 
     format: SourceFormat = "jsonl"
@@ -204,11 +207,13 @@ class Source:
         return Item(id=rid, input=text, fields=extra), gold
 
     def batches(
-        self, start: int = 0, batch_size: int = 256, limit: int | None = None
+        self, start: Any = None, batch_size: int = 256, max_records: int | None = None
     ) -> Iterator[SourceBatch]:
-        """Batches of records from offset ``start`` up to (not including) offset ``limit``."""
+        """Batches of records from offset ``start`` (None: 0) on, at most ``max_records``."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        start = 0 if start is None else int(start)
+        limit = None if max_records is None else start + max_records
         items: list[Item] = []
         offsets: list[int] = []
         gold: list[str | None] = []
@@ -237,6 +242,35 @@ class Source:
         if end > first:
             yield SourceBatch(items, offsets, gold, rejects, first, end)
 
+    def records_hint(self) -> int | None:
+        """Total records, for a progress bar: Parquet metadata, or a newline count (< 2 GB)."""
+        path = self.path
+        if path == STDIN or path.lower().endswith(".gz"):
+            return None
+        try:
+            if self.format == "parquet":
+                import pyarrow.parquet as pq
+
+                return int(pq.ParquetFile(path).metadata.num_rows)
+            if os.path.getsize(path) > 2 * 1024**3:
+                return None
+            lines = 0
+            last = b"\n"
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    lines += chunk.count(b"\n")
+                    last = chunk[-1:]
+            lines += last != b"\n"
+            return max(lines - (self.format == "csv"), 0)
+        except (OSError, ValueError):  # only a hint: a bad file is reported when read
+            return None
+
+    def acknowledge(self, position: Any) -> None:
+        """Nothing to tell a file: its offsets are stable, the store keeps the position."""
+
+    def close(self) -> None:
+        """Nothing held open between :meth:`batches` calls."""
+
 
 def _open_binary(path: str) -> IO[bytes]:
     if path == STDIN:
@@ -251,7 +285,7 @@ def _open_binary(path: str) -> IO[bytes]:
         raise DataError(f"cannot read input: {exc.strerror}", path=path) from None
 
 
-class JsonlSource(Source):
+class JsonlSource(FileSource):
     """One JSON object per line; blank lines are skipped (they still count as lines)."""
 
     format: SourceFormat = "jsonl"
@@ -277,13 +311,17 @@ class JsonlSource(Source):
                         obj = loads(text)
                     except json.JSONDecodeError as exc:
                         obj = _Bad(None, f"not valid JSON: {exc.msg} (column {exc.colno})")
+                    except RecursionError:
+                        obj = _Bad(None, "not valid JSON: nested too deeply")
+                    except ValueError:  # Python parses integers of at most 4,300 digits
+                        obj = _Bad(None, "not valid JSON: a number of more than 4,300 digits")
                 yield offset, offset + 1, obj, text.rstrip("\r\n")
         finally:
             if handle is not sys.stdin.buffer:
                 handle.close()
 
 
-class CsvSource(Source):
+class CsvSource(FileSource):
     """A header row, then one record per row (cells are strings)."""
 
     format: SourceFormat = "csv"
@@ -299,6 +337,10 @@ class CsvSource(Source):
                 header = next(reader)
             except StopIteration:
                 return
+            except UnicodeDecodeError as exc:
+                raise DataError(f"not valid UTF-8 ({exc.reason})", path=self.name, line=1) from None
+            except csv.Error as exc:
+                raise DataError(f"unreadable CSV: {exc}", path=self.name, line=1) from None
             missing = [c for c in self.fields.columns() if c not in header]
             if missing:
                 raise DataError(
@@ -340,7 +382,7 @@ class CsvSource(Source):
                 binary.close()
 
 
-class ParquetSource(Source):
+class ParquetSource(FileSource):
     """A Parquet file, read in record batches (never whole); ``line`` is the 1-based row."""
 
     format: SourceFormat = "parquet"
@@ -356,7 +398,7 @@ class ParquetSource(Source):
         except FileNotFoundError:
             raise DataError("input file not found", path=self.path) from None
         except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"cannot read Parquet: {exc}", path=self.path) from None
+            raise DataError(f"cannot read Parquet: {_one_line(exc)}", path=self.path) from None
         schema = pf.schema_arrow
         names = list(schema.names)
         missing = [c for c in self.fields.columns() if c not in names]
@@ -394,15 +436,22 @@ class ParquetSource(Source):
                     raw = json.dumps(rec, ensure_ascii=False, default=str)
                     yield offset, offset + 1, rec, raw
                     offset += 1
-        except pa.ArrowException as exc:
+        # pyarrow raises OSError for corrupt pages, UnicodeDecodeError for bad strings
+        except (OSError, UnicodeDecodeError, pa.ArrowException) as exc:
             raise DataError(
-                f"cannot read Parquet: {exc}", path=self.path, line=offset + 1
+                f"cannot read Parquet: {_one_line(exc)}", path=self.path, line=offset + 1
             ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """A library's error message on one line, cut to a readable length."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def open_source(
     path: str | Path, fields: FieldMap | None = None, format: str | None = None
-) -> Source:
+) -> FileSource:
     """A source for ``path`` (``-`` for stdin), its format from ``format`` or the extension."""
     p = str(path)
     fm = fields or FieldMap()
@@ -418,10 +467,10 @@ __all__ = [
     "STDIN",
     "CsvSource",
     "FieldMap",
+    "FileSource",
     "JsonlSource",
     "ParquetSource",
     "Reject",
-    "Source",
     "SourceBatch",
     "SourceFormat",
     "detect_format",

@@ -1,12 +1,6 @@
-"""Concrete models. Importing this package registers every built-in model kind.
+"""Concrete models: hashed n-grams, embeddings, LLMs (``llm/``) and a label-column stand-in.
 
-Heavy libraries (torch, sentence-transformers) are imported by the models that need
-them on first use, so importing this package stays fast.
+Each module registers its kinds when imported; :mod:`tiered.plugins` says which module
+provides which kind, so a model's module (and its heavy libraries) is imported only when
+a cascade uses it.
 """
-
-from tiered.models import embedding as embedding  # kinds "embedding" and "minilm"
-from tiered.models import hashed_ngram as hashed_ngram  # kind "hashed_ngram"
-from tiered.models import label_column as label_column  # kind "label_column"
-from tiered.models import llamacpp as llamacpp  # kind "llamacpp"
-from tiered.models import openai_chat as openai_chat  # kind "openai"
-from tiered.replay import model as replay  # kind "replay"

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from tiered.config import validation_error_to_config_error
+from tiered.core.yaml_file import validation_error_to_config_error
 from tiered.errors import ConfigError
 
 P = TypeVar("P", bound=BaseModel)

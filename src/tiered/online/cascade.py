@@ -39,6 +39,7 @@ from tiered.core.items import Item, as_items
 from tiered.errors import ConfigError, ModelError, StoreError
 from tiered.online.audit import AgreementMeter
 from tiered.online.config import OnlineConfig
+from tiered.online.confseq import AgreementBounds, agreement_bounds
 from tiered.online.controller import ThresholdController
 from tiered.online.head import (
     N_FEATURES,
@@ -47,7 +48,7 @@ from tiered.online.head import (
     head_features,
     max_prob_from_features,
 )
-from tiered.online.label_buffer import LabelBuffer
+from tiered.online.label_buffer import LabelBuffer, items_from_state, items_state
 
 STATE_VERSION = 1
 
@@ -107,6 +108,11 @@ class OnlineStats:
       was output (audited items count under the expert).
     - ``usd_spent``: what every stage cost so far; ``usd_expert_only``: what the expert
       alone would have cost (its mean price per call times the items).
+    - ``cs_low``/``cs_high``: the overall agreement's confidence sequence, valid at every
+      item at once (each end with probability >= ``confidence``; see
+      :mod:`tiered.online.confseq`). ``below_target``: ``cs_high`` is below the target
+      now (the alarm is raised; with ``escalate`` every item goes to the expert);
+      ``alarms``: how often it was raised, ``first_alarm_at``: after how many items.
     """
 
     n_items: int
@@ -136,6 +142,12 @@ class OnlineStats:
     refits: int
     confidence: float
     ci_method: str
+    # the confidence sequence (valid at every item, see tiered.online.confseq) and alarm
+    cs_low: float = 0.0
+    cs_high: float = 1.0
+    below_target: bool = False
+    alarms: int = 0
+    first_alarm_at: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -508,6 +520,12 @@ class OnlineCascade:
             self.trackers[k].update(predicted.tolist(), correct, plan.label_weight[ran])
             self.heads[k].fit()
 
+    def learn_labels(self, items: Sequence[Item], labels: Sequence[str]) -> None:
+        """Expert labels got elsewhere (by another worker of a fleet): the cheap stages
+        learn from them as from their own. The deferral heads do not: they learn from
+        this cascade's own answers, whose features they score."""
+        self._queue_labels(list(items), list(labels))
+
     def _queue_labels(self, items: list[Item], labels: list[str]) -> None:
         self.pending_items.extend(items)
         self.pending_labels.extend(labels)
@@ -536,6 +554,7 @@ class OnlineCascade:
         cfg = self.config
         overall = self.meter.cumulative(cfg.confidence, cfg.ci_method)
         win = self.meter.windowed(cfg.confidence, cfg.ci_method)
+        cs = self.confidence_sequence()
         n = self.n_items
         counts = self.meter.total_stage
         names = self.stage_names
@@ -558,8 +577,9 @@ class OnlineCascade:
             usd_spent=self.usd_spent,
             usd_expert_only=per_call * n,
             stage_answers={nm: int(c) for nm, c in zip(names, counts, strict=True)},
+            # over the meter's items: a fleet's meter (tiered.runner.fleet) counts every worker's
             stage_share={
-                nm: (int(c) / n if n else 0.0) for nm, c in zip(names, counts, strict=True)
+                nm: int(c) / max(int(counts.sum()), 1) for nm, c in zip(names, counts, strict=True)
             },
             thresholds=self.thresholds(),
             target_agreement=cfg.target_agreement,
@@ -570,12 +590,31 @@ class OnlineCascade:
             refits=self.refits,
             confidence=cfg.confidence,
             ci_method=cfg.ci_method,
+            cs_low=cs.low,
+            cs_high=cs.high,
+            below_target=self.controller.escalated,
+            alarms=self.controller.alarms,
+            first_alarm_at=self.controller.first_alarm_at,
         )
+
+    def confidence_sequence(self) -> AgreementBounds:
+        """The overall agreement's bounds, valid at every item (:mod:`tiered.online.confseq`)."""
+        cfg = self.config
+        m = self.meter
+        known = self.controller.bounds
+        if known is not None and known.n == m.n:
+            return known  # the controller's, computed after the last batch
+        n_expert = int(m.total_stage[-1])
+        return agreement_bounds(
+            m.n, m.n - n_expert, m.total_audits, m.total_agree, cfg.audit_rate,
+            1.0 - cfg.confidence,
+        )  # fmt: skip
 
     def _record_history(self) -> None:
         cfg = self.config
         overall = self.meter.cumulative(cfg.confidence, cfg.ci_method)
         win = self.meter.windowed(cfg.confidence, cfg.ci_method)
+        cs = self.confidence_sequence()
         per_call = self.expert_usd / self.expert_calls if self.expert_calls else 0.0
         share = self.meter.window_stage_share()
         self.history.append(
@@ -586,6 +625,9 @@ class OnlineCascade:
                 "agreement": overall.agreement,
                 "ci_low": overall.low,
                 "ci_high": overall.high,
+                "cs_low": cs.low,
+                "cs_high": cs.high,
+                "below_target": self.controller.escalated,
                 "window_agreement": win.agreement,
                 "window_ci_low": win.low,
                 "window_ci_high": win.high,
@@ -605,7 +647,8 @@ class OnlineCascade:
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the stream exactly: picklable, numpy inside.
+        """Everything needed to continue the stream exactly, as plain data (a tree of
+        JSON values and numpy arrays, see :mod:`tiered.store.state`).
 
         Cheap models must offer ``state_dict()``/``load_state_dict()``; the expert's
         state (a response cache, say) is its own business.
@@ -631,7 +674,7 @@ class OnlineCascade:
             "trackers": [t.state_dict() for t in self.trackers],
             "heads": [h.state_dict() for h in self.heads],
             "replay": self.replay.state_dict(),
-            "pending": (list(self.pending_items), list(self.pending_labels)),
+            "pending": (items_state(self.pending_items), list(self.pending_labels)),
             "controller": self.controller.state_dict(),
             "meter": self.meter.state_dict(),
             "rng": self.rng.bit_generator.state,
@@ -668,7 +711,8 @@ class OnlineCascade:
             h.load_state_dict(hs)
         self.replay.load_state_dict(state["replay"])
         items, labels = state["pending"]
-        self.pending_items, self.pending_labels = list(items), list(labels)
+        self.pending_items = items_from_state(items)
+        self.pending_labels = list(labels)
         self.controller.load_state_dict(state["controller"])
         self.meter.load_state_dict(state["meter"])
         self.rng.bit_generator.state = state["rng"]

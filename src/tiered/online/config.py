@@ -44,10 +44,23 @@ class OnlineConfig(BaseModel):
         description="what the threshold applies to: the learned deferral head's P(correct), "
         "or the stage's raw top probability (the fixed-threshold baseline)",
     )
-    control: Literal["estimate", "lower_bound"] = Field(
-        default="estimate",
-        description="statistic the controller holds at the target: the point estimate of "
-        "the overall agreement, or the lower end of its confidence interval",
+    control: Literal["anytime", "estimate", "lower_bound"] = Field(
+        default="anytime",
+        description="statistic the controller holds at the target: the lower end of the "
+        "agreement's confidence sequence, valid at every item (the default: the true "
+        "agreement stays >= target with probability >= confidence), the point estimate, "
+        "or the lower end of the fixed-sample confidence interval",
+    )
+    anytime_margin: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="control 'anytime': extra agreement the lower confidence bound is held at",
+    )
+    escalate: bool = Field(
+        default=True,
+        description="when the confidence sequence's upper end falls below the target, send "
+        "every item to the expert until it is back at or above the target",
     )
     max_slack: float = Field(
         default=0.02,

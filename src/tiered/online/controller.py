@@ -43,6 +43,7 @@ default; either way the reported interval says how sure the estimate is.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,6 +52,7 @@ import numpy as np
 
 from tiered.online.audit import AgreementEstimate
 from tiered.online.config import OnlineConfig
+from tiered.online.confseq import AgreementBounds, agreement_bounds, bound_inflation
 from tiered.online.head import N_FEATURES
 
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -58,6 +60,9 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 _GRID = 256
 _PRIOR_AUDITS = 100.0
 _PRIOR_FEEDBACK = 100.0
+_log = logging.getLogger("tiered.online")
+# The threshold while escalated: above any P(correct), so every item goes to the expert.
+ESCALATED = 2.0
 
 
 class ThresholdController:
@@ -76,6 +81,11 @@ class ThresholdController:
         self.resid_sum = 0.0
         self.resid_n = 0.0
         self.required = math.nan
+        # The confidence sequence (valid at every item) and the below-target alarm.
+        self.bounds: AgreementBounds | None = None
+        self.escalated = False  # the upper bound is below the target right now
+        self.alarms = 0  # times the alarm was raised
+        self.first_alarm_at: int | None = None  # items seen when it was first raised
         if config.target_agreement is None:
             self.threshold = float(np.clip(1.0 - config.effective_mu, 0.0, 1.0))
         else:
@@ -163,7 +173,15 @@ class ThresholdController:
             return self.threshold
         target = float(self.config.target_agreement)  # type: ignore[arg-type]
         n = overall.n
-        if self.config.control == "lower_bound":
+        bounds = self._watch(overall, target)
+        if self.escalated and self.config.escalate:
+            self.required = 1.0
+            self.threshold = ESCALATED  # no cheap stage may answer: every item to the expert
+            return self.threshold
+        if self.config.control == "anytime":
+            # the bound allows for the noise, at every item: no shrinking either
+            stat, trust = bounds.low - self.config.anytime_margin, 1.0
+        elif self.config.control == "lower_bound":
             stat, trust = overall.low, 1.0  # the bound already allows for the noise
         else:
             # Few audits make a noisy estimate: shrink the correction towards none.
@@ -173,16 +191,56 @@ class ThresholdController:
             stat = target
         horizon = max(self.window, n * self.config.horizon)
         required = target + (target - stat) * n / horizon * trust
+        required = float(np.clip(required, target - self.config.max_slack, 1.0))
+        if self.config.control == "anytime":
+            # Where the *bound* must go, in agreement the coming items need: each of their
+            # disagreements moves the bound by more than one (``bound_inflation``).
+            k = overall.audits - overall.audits_agreeing
+            grow = bound_inflation(k, self.config.audit_rate, 1.0 - self.config.confidence)
+            required = 1.0 - (1.0 - required) / grow
         if window is not None and window.high < target:
             # The recent stream is significantly below target (a shift): make it up now
             # rather than at the slow pace of the overall estimate.
             required = max(required, target + (target - window.agreement))
-        required = float(np.clip(required, target - self.config.max_slack, 1.0))
+        required = min(required, 1.0)
         self.required = required
         pred = self.predicted_agreement(scorers)
         ok = np.flatnonzero(pred >= required)
         self.threshold = float(self.grid[ok[0]] if len(ok) else self.grid[-1])
         return self.threshold
+
+    def _watch(self, overall: AgreementEstimate, target: float) -> AgreementBounds:
+        """Update the confidence sequence; raise or clear the below-target alarm."""
+        cfg = self.config
+        bounds = agreement_bounds(
+            overall.n,
+            overall.cheap_answered,
+            overall.audits,
+            overall.audits_agreeing,
+            cfg.audit_rate,
+            1.0 - cfg.confidence,
+        )
+        self.bounds = bounds
+        below = bounds.high < target
+        if below and not self.escalated:
+            self.alarms += 1
+            if self.first_alarm_at is None:
+                self.first_alarm_at = overall.n
+            then = "every item goes to the expert until it recovers" if cfg.escalate else ""
+            _log.warning(
+                "agreement below target after %d items: its upper confidence bound %.4f "
+                "< target %.4f (%.0f%% confidence, valid at every item)%s",
+                overall.n, bounds.high, target, 100 * cfg.confidence,
+                f"; {then}" if then else "",
+            )  # fmt: skip
+        elif self.escalated and not below:
+            _log.warning(
+                "agreement back in reach of the target after %d items (upper bound %.4f)",
+                overall.n,
+                bounds.high,
+            )
+        self.escalated = below
+        return bounds
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -193,6 +251,9 @@ class ThresholdController:
             "resid_n": self.resid_n,
             "required": self.required,
             "threshold": self.threshold,
+            "escalated": self.escalated,
+            "alarms": self.alarms,
+            "first_alarm_at": self.first_alarm_at,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -203,6 +264,12 @@ class ThresholdController:
         self.resid_n = float(state["resid_n"])
         self.required = float(state["required"])
         self.threshold = float(state["threshold"])
+        # the alarm (absent from states saved before it existed); its bounds are
+        # recomputed after the next batch
+        self.escalated = bool(state.get("escalated", False))
+        self.alarms = int(state.get("alarms", 0))
+        first = state.get("first_alarm_at")
+        self.first_alarm_at = None if first is None else int(first)
 
 
 def _logit(p: float) -> float:
@@ -210,4 +277,4 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-__all__ = ["ThresholdController"]
+__all__ = ["ESCALATED", "ThresholdController"]

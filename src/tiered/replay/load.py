@@ -11,15 +11,21 @@ One JSON object per line (see ``docs``/DESIGN "Replay log")::
 Rules the loader enforces (a bad line is a :class:`~tiered.errors.DataError` naming
 file, line and field; with ``skip_bad=True`` it goes to a reject file instead):
 
-- ``id`` is a non-empty string (an integer is taken as its decimal string).
-- ``outputs`` maps model names to objects with ``cost`` (USD, a number >= 0) and the
-  quality: ``correct`` (true/false) if present, else ``score`` (a number in [0, 1]).
+- ``id`` is a non-empty string of at most 4,096 characters (an integer is taken as its
+  decimal string).
+- ``outputs`` maps model names (non-empty, printable, at most 256 characters) to objects
+  with ``cost`` (USD, a finite number >= 0) and the quality: ``correct`` (JSON true/false;
+  1 and 0 are refused, they are often a score) if present, else ``score`` (in [0, 1]).
 - ``answer`` may be null or absent (RouteLLM's MMLU records correctness only).
 - ``latency_ms``, ``tokens_in``, ``tokens_out`` are numbers >= 0 or null; ``samples`` a
   list of strings; ``task`` a string; ``input`` a string or a list of chat messages.
 - Every other numeric field of an output (``logprob``, ``score`` next to ``correct``, any
   numeric extra) becomes a confidence *signal*; booleans and strings are metadata and
-  are ignored (``tokens_estimated``). ``samples`` also give the ``vote`` signal.
+  are ignored (``tokens_estimated``). ``samples`` also give the ``vote`` signal. A signal
+  is a number or ``-Infinity`` (the least confident value there is: a log-prob that
+  underflowed); ``NaN`` and ``+Infinity`` are refused, and ``logprob`` must be <= 0.
+- A line is UTF-8 JSON of at most 64 MiB, nested at most 64 levels deep, and no object
+  in it repeats a key (JSON parsers would silently keep the last value).
 - An id seen twice is an error, except when the two lines hold the *same query* (same
   input) with outputs of *different* models: some public logs (RouterBench) record one
   query over two lines, and those are merged (counted in ``merged_duplicates``).
@@ -43,6 +49,14 @@ from typing import Any
 
 import numpy as np
 
+from tiered.core.limits import (
+    MAX_DEPTH,
+    MAX_ID_CHARS,
+    MAX_LINE_BYTES,
+    name_problem,
+    nesting_depth,
+    shorten,
+)
 from tiered.core.signals import vote_share
 from tiered.errors import DataError
 from tiered.replay.log import ReplayLog
@@ -64,8 +78,9 @@ class _Bad(Exception):
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if isinstance(value, list | dict) and nesting_depth(value, 8) > 8:
+        return f"a {type(value).__name__} nested more than 8 deep"  # repr would recurse
+    return shorten(repr(value))
 
 
 def _number(
@@ -93,7 +108,10 @@ def _number(
         and (lo is None or value >= lo)
         and (hi is None or value <= hi)
     ):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise _Bad(field, f"is too large a number. Got {_show(value)} instead") from None
     # slow path: numeric subclasses (numpy scalars from a caller) are fine, the rest is not
     if (
         not isinstance(value, bool)
@@ -103,14 +121,16 @@ def _number(
         and (lo is None or value >= lo)
         and (hi is None or value <= hi)
     ):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise _Bad(field, f"is too large a number. Got {_show(value)} instead") from None
     want = "a number"
     if lo is not None and hi is not None:
         want = f"a number in [{lo:g}, {hi:g}]"
     elif lo is not None:
         want = f"a number >= {lo:g}"
     raise _Bad(field, f"must be {want}{' or null' if null else ''}. Got {_show(value)} instead")
-    return float(value)
 
 
 @dataclass(slots=True)
@@ -147,8 +167,8 @@ def _parse_output(model: str, out: Any) -> _Output:
     if score is not None:
         score_f = _number(score, f"{where}.score", lo=0.0, hi=1.0)
     if correct is not None:
-        # 0/1 are accepted as well: spreadsheets and pandas exports write them
-        if correct not in (True, False) or isinstance(correct, float):
+        # exactly a JSON boolean: a 1 or 0 is as often a score or a count as a grade
+        if type(correct) is not bool:
             raise _Bad(f"{where}.correct", f"must be true or false. Got {_show(correct)} instead")
         quality = 1.0 if correct else 0.0
     else:
@@ -174,7 +194,15 @@ def _parse_output(model: str, out: Any) -> _Output:
         if key in _KNOWN or isinstance(value, bool) or value is None:
             continue
         if isinstance(value, int | float):
-            signals[key] = _number(value, f"{where}.{key}", infinite=True)
+            problem = name_problem(key, "a signal name")
+            if problem is not None:
+                raise _Bad(where, f"{problem} (key {_show(key)})")
+            v = _number(value, f"{where}.{key}", infinite=True)
+            # -inf is the least confident value; +inf would outrank every real answer
+            if v == _INF or (key == "logprob" and v > 0.0):
+                want = "<= 0 (a log-probability)" if key == "logprob" else "finite or -Infinity"
+                raise _Bad(f"{where}.{key}", f"must be {want}. Got {_show(value)} instead")
+            signals[key] = v
     score_is_grade = False
     if correct is not None and score is not None:
         signals["score"] = score_f
@@ -190,11 +218,17 @@ def _parse_record(obj: Any) -> _Record:
     rid = obj["id"]
     if isinstance(rid, int) and not isinstance(rid, bool):
         rid = str(rid)
-    if not isinstance(rid, str) or not rid:
+    if not isinstance(rid, str) or not rid or rid.isspace():
         raise _Bad("id", f"must be a non-empty string. Got {_show(rid)} instead")
+    if len(rid) > MAX_ID_CHARS:
+        raise _Bad("id", f"must be at most {MAX_ID_CHARS:,} characters. Got {len(rid):,}")
     task = obj.get("task")
-    if task is not None and not isinstance(task, str):
-        raise _Bad("task", f"must be a string. Got {_show(task)} instead")
+    if task is not None:
+        if not isinstance(task, str):
+            raise _Bad("task", f"must be a string. Got {_show(task)} instead")
+        problem = name_problem(task, "a task name")
+        if problem is not None:
+            raise _Bad("task", problem)
     inp = obj.get("input", "")
     chat = isinstance(inp, list) and all(
         isinstance(m, dict) and isinstance(m.get("content"), str) for m in inp
@@ -211,7 +245,11 @@ def _parse_record(obj: Any) -> _Record:
             f"must be a non-empty object mapping model names to outputs. Got {_show(outputs)} "
             "instead",
         )
-    parsed = {str(m): _parse_output(str(m), o) for m, o in outputs.items()}
+    for m in outputs:
+        problem = name_problem(m, "a model name")
+        if problem is not None:
+            raise _Bad("outputs", f"{problem} (key {_show(m)})")
+    parsed = {m: _parse_output(m, o) for m, o in outputs.items()}
     return _Record(rid, task, inp, obj.get("reference"), parsed)
 
 
@@ -231,36 +269,85 @@ class _Collected:
     merged: int = 0
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict; a key given twice is an error, not "the last one wins"."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Bad(None, f"key {_show(key)} appears twice in one object")
+            seen.add(key)
+    return obj
+
+
+def _parse_line(raw: bytes, first: bool) -> Any:
+    """One line as JSON: UTF-8, at most MAX_DEPTH deep, no repeated keys (or raise _Bad)."""
+    if first and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark, as some editors write
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Bad(None, f"not valid UTF-8 (byte {exc.start + 1} of the line)") from None
+    try:
+        obj = json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise _Bad(None, f"not valid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise _Bad(None, f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError:  # Python refuses to parse integers of more than 4,300 digits
+        raise _Bad(None, "holds a number of more than 4,300 digits") from None
+    # only a line with many brackets can be deep: the walk is skipped for the rest
+    if text.count("[") + text.count("{") > MAX_DEPTH and nesting_depth(obj) > MAX_DEPTH:
+        raise _Bad(None, f"nested deeper than {MAX_DEPTH} levels")
+    return obj
+
+
+def _lines(handle: Any) -> Any:
+    """``(line number, bytes)`` of each line; a line over MAX_LINE_BYTES comes as None."""
+    lineno = 0
+    readline = handle.readline
+    while raw := readline(MAX_LINE_BYTES + 1):
+        lineno += 1
+        if len(raw) > MAX_LINE_BYTES:
+            while raw and not raw.endswith(b"\n"):  # skip the rest of the line
+                raw = readline(1 << 20)
+            yield lineno, None
+            continue
+        yield lineno, raw
+
+
 def _collect(path: Path, skip_bad: bool) -> _Collected:
     """Parse and validate every line; merge split records; collect or raise on bad ones."""
     got = _Collected()
     row_of: dict[str, int] = {}
     try:
-        handle = path.open("r", encoding="utf-8")
+        handle = path.open("rb")
     except FileNotFoundError:
         raise DataError("file not found", path=path) from None
+    except IsADirectoryError:
+        raise DataError("is a folder, not a replay log", path=path) from None
     except OSError as exc:
         raise DataError(f"cannot read: {exc.strerror}", path=path) from None
-    loads = json.loads
     with handle:
-        for lineno, raw in enumerate(handle, 1):
-            if not raw.strip():
+        for lineno, raw in _lines(handle):
+            if raw is not None and not raw.strip():
                 continue
             try:
-                try:
-                    obj = loads(raw)
-                except json.JSONDecodeError as exc:
-                    raise _Bad(None, f"not valid JSON: {exc.msg} (column {exc.colno})") from None
-                rec = _parse_record(obj)
+                if raw is None:
+                    raise _Bad(None, f"longer than {MAX_LINE_BYTES // 2**20} MiB")
+                rec = _parse_record(_parse_line(raw, lineno == 1))
                 first = row_of.get(rec.id)
                 if first is not None:
                     kept = got.records[first]
                     clash = sorted(set(kept.outputs) & set(rec.outputs))
                     if clash or kept.input != rec.input:
-                        why = f"repeats model {clash[0]!r}" if clash else "has a different input"
+                        why = (
+                            f"repeats model {_show(clash[0])}" if clash else "has a different input"
+                        )
                         raise _Bad(
                             "id",
-                            f"duplicate id {rec.id!r} (first on line {got.lines[first]}); "
+                            f"duplicate id {_show(rec.id)} (first on line {got.lines[first]}); "
                             f"this line {why}",
                         )
                     kept.outputs.update(rec.outputs)
@@ -270,7 +357,8 @@ def _collect(path: Path, skip_bad: bool) -> _Collected:
                 if not skip_bad:
                     raise DataError(bad.message, path=path, line=lineno, field=bad.field) from None
                 located = str(DataError(bad.message, path=path, line=lineno, field=bad.field))
-                got.rejects.append(_Reject(lineno, located, raw.rstrip("\n"), bad.field))
+                text = "" if raw is None else raw.decode("utf-8", "replace").rstrip("\r\n")
+                got.rejects.append(_Reject(lineno, located, text, bad.field))
                 continue
             row_of[rec.id] = len(got.records)
             got.records.append(rec)

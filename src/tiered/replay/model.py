@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,7 +36,30 @@ from tiered.errors import ConfigError
 from tiered.replay.load import load_replay
 from tiered.replay.log import ReplayLog
 
+if TYPE_CHECKING:
+    from tiered.checks import ModelCase
+
 _item_id = attrgetter("id")
+
+
+def _example_log(n: int = 30) -> ReplayLog:
+    """Two models' made-up outputs; the first lacks an output for one query."""
+    rng = np.random.default_rng(0)
+    present = np.ones((n, 2), dtype=bool)
+    present[3, 0] = False
+    answers = np.array([[str(x) for x in rng.choice(["A", "B"], 2)] for _ in range(n)], object)
+    answers[3, 0] = None
+    return ReplayLog(
+        ids=[f"q{i}" for i in range(n)],
+        models=["small", "big"],
+        present=present,
+        quality=rng.integers(0, 2, size=(n, 2)).astype(float),
+        cost=np.tile([1e-5, 1e-3], (n, 1)),
+        latency_ms=np.tile([20.0, 300.0], (n, 1)),
+        answers=answers,
+        signals={"logprob": -rng.exponential(0.3, size=(n, 2))},
+        inputs=[f"question {i}?" for i in range(n)],
+    )
 
 
 def unrecorded_answer(model: str) -> str:
@@ -48,6 +71,20 @@ class Replay:
     """Answers items by id from one model's column of a replay log."""
 
     tags = ModelTags(generates_text=True)
+
+    @classmethod
+    def contract_case(cls) -> ModelCase:
+        """How the contract checks (:mod:`tiered.checks`) build this model: a replay of a
+        small made-up log, asked about ids the log recorded."""
+        from tiered.checks import ModelCase
+
+        log = _example_log()
+
+        def items(n: int, seed: int, classes: Sequence[str]) -> list[Item]:
+            return [Item(id=log.ids[(seed + i) % len(log)], input=log.inputs[0]) for i in range(n)]
+
+        spec = {"kind": "replay", "model": log.models[0]}
+        return ModelCase.from_spec(spec, {"replay_log": log}, make_items=items)
 
     def __init__(self, log: ReplayLog, model: str, *, name: str | None = None) -> None:
         self.log = log

@@ -1,15 +1,16 @@
 """The FastAPI app: thin routers over the serving classes, one error mapping, metrics.
 
-Routers authenticate, read the body (bounded by ``max_body_bytes``), call a serving
-class and write its answer; every exception becomes an OpenAI error through
-:func:`tiered.serve.errors.error_response`. Bodies are parsed with pydantic straight
-from bytes and answers written as pre-serialized JSON: the gateway's own time per
-request is what users pay on top of their upstreams, so the hot path skips FastAPI's
-dependency and response-model machinery.
+Routers authenticate, read the body (bounded by ``max_body_bytes`` and
+``body_timeout_s``), call a serving class and write its answer; every exception becomes
+an OpenAI error through :func:`tiered.serve.errors.error_response`. Bodies are parsed
+with pydantic straight from bytes and answers written as pre-serialized JSON: the
+gateway's own time per request is what users pay on top of their upstreams, so the hot
+path skips FastAPI's dependency and response-model machinery.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -22,11 +23,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tiered.errors import TieredError
 from tiered.serve.auth import Principal
-from tiered.serve.errors import PayloadTooLargeError, error_response
+from tiered.serve.errors import PayloadTooLargeError, RequestTimeoutError, error_response
 from tiered.serve.gateway import Gateway, new_request_id
 from tiered.serve.metrics import GatewayMetrics
 from tiered.serve.protocol import ChatCompletionRequest, ClassifyRequest, CompletionRequest
@@ -66,16 +68,25 @@ def _begin(request: Request, *, auth: bool = True) -> tuple[str, Principal | Non
 
 
 async def _read(request: Request, model: type[M]) -> M:
-    """The body parsed as ``model``; 413 past ``max_body_bytes`` (checked as it arrives)."""
-    limit = _gateway(request).server.max_body_bytes
+    """The body parsed as ``model``; 413 past ``max_body_bytes`` (checked as it arrives),
+    408 when it has not all arrived within ``body_timeout_s``."""
+    server = _gateway(request).server
+    limit = server.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"request body of {declared} bytes; the limit is {limit:,}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLargeError(f"request body over the limit of {limit:,} bytes")
+    try:
+        async with asyncio.timeout(server.body_timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise PayloadTooLargeError(f"request body over the limit of {limit:,} bytes")
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"the request body did not arrive within {server.body_timeout_s:g} s",
+            headers={"connection": "close"},  # the rest of the body is not waited for
+        ) from None
     parsed = model.model_validate_json(bytes(body))
     request.state.model = getattr(parsed, "model", None)
     return parsed
@@ -193,7 +204,29 @@ async def metrics(request: Request) -> Response:
 # --------------------------------------------------------------------------- errors
 
 
+_CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection first"
+
+
+def _client_gone(request: Request) -> Response:
+    """A client that left before its request was read: logged as 499, not an error."""
+    state = request.state
+    rid = getattr(state, "request_id", None)
+    if rid is not None:
+        _gateway(request).log_request(
+            request_id=rid,
+            endpoint=request.url.path,
+            status=_CLIENT_CLOSED,
+            seconds=time.perf_counter() - state.t0,
+            principal=getattr(state, "principal", None),
+            model=getattr(state, "model", None),
+            error="client_closed_request",
+        )
+    return Response(status_code=_CLIENT_CLOSED)  # nobody reads it; the metrics count it
+
+
 async def _error_handler(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ClientDisconnect):
+        return _client_gone(request)
     status, body, headers = error_response(exc)
     if status >= 500 and not isinstance(exc, TieredError | HTTPException):
         # a bug: the traceback goes to the log (never the request body)
@@ -270,11 +303,65 @@ def build_app(gateway: Gateway, *, close_on_shutdown: bool = True) -> FastAPI:
         ValidationError,
         RequestValidationError,
         HTTPException,
+        ClientDisconnect,
         Exception,
     ):
         app.add_exception_handler(exc_type, _error_handler)
+    if gateway.tracer is not None:  # only then: no cost for a gateway without tracing
+        from tiered.serve.tracing import TracingMiddleware
+
+        app.add_middleware(TracingMiddleware, tracer=gateway.tracer)
     app.add_middleware(_RequestMetrics, metrics=gateway.metrics)
     return app
+
+
+def header_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol] | None:
+    """uvicorn's HTTP protocol, closing a connection whose request headers take too long.
+
+    uvicorn bounds the idle time between requests (keep-alive) but not a connection that
+    sends its headers slowly or never (slowloris). The timer starts with the connection
+    and with each new request, and stops once the headers are in; the body then has
+    ``body_timeout_s`` (see :func:`_read`). None when httptools is not installed.
+    """
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # h11 only: uvicorn's own behaviour
+        return None
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
 
 
 def run_server(
@@ -284,8 +371,16 @@ def run_server(
     import uvicorn
 
     app = build_app(gateway)
+    protocol = header_timeout_protocol(gateway.server.header_timeout_s)
     # uvicorn's access log adds nothing to our per-request line (and costs time)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        http=protocol or "auto",  # type: ignore[arg-type]
+    )
 
 
-__all__ = ["build_app", "router", "run_server"]
+__all__ = ["build_app", "header_timeout_protocol", "router", "run_server"]

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tiered.core.limits import name_problem
 from tiered.errors import ConfigError
 from tiered.serve.config import AuthSettings
 from tiered.serve.errors import AuthenticationError
@@ -46,6 +47,9 @@ def parse_key_entries(text: str, *, source: str, split_commas: bool = False) -> 
             # the message never shows the secret itself
             raise ConfigError(f"key entry {n} of {source} is malformed (empty or has spaces)")
         name = name or f"key-{_digest(secret).hex()[:8]}"
+        problem = name_problem(name, "a key name")
+        if problem is not None:  # names reach logs and metrics: one short printable line
+            raise ConfigError(f"key entry {n} of {source}: {problem}")
         out[secret] = name
     return out
 
@@ -66,6 +70,10 @@ class KeyRing:
                 text = path.read_text(encoding="utf-8")
             except OSError as exc:
                 raise ConfigError(f"cannot read keys file: {exc.strerror}", path=path) from None
+            except UnicodeDecodeError as exc:  # the message never shows the bytes (secrets)
+                raise ConfigError(
+                    f"keys file is not valid UTF-8 (at byte {exc.start:,})", path=path
+                ) from None
             keys.update(parse_key_entries(text, source=str(path)))
         if auth.keys_env is not None:
             value = os.environ.get(auth.keys_env)

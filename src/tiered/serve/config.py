@@ -6,6 +6,8 @@ server:                       # all optional; defaults shown
   max_in_flight: 256          # more concurrent requests get 429 + Retry-After
   retry_after_s: 1
   max_body_bytes: 1048576     # larger bodies get 413
+  header_timeout_s: 10        # a connection must send its request headers within this
+  body_timeout_s: 10          # ... and its body within this once the headers are in (408)
   max_message_chars: 100000   # per message / prompt / text (413)
   max_messages: 256           # per chat request (413)
   max_batch: 256              # texts per /v1/classify, prompts per /v1/completions (413)
@@ -13,6 +15,8 @@ server:                       # all optional; defaults shown
   stream_chunk_chars: 64      # the final text is streamed in pieces of about this size
   store: gateway.db           # SQLite: per-key spend and online-learning state
   response_cache: false       # true: LLM stages cache responses in the store
+  tracing:                    # OpenTelemetry spans (pip install 'tiered[otel]'); off without
+    otlp_endpoint: http://127.0.0.1:4318   # an OTLP/HTTP collector
 auth:
   keys_file: keys.txt         # one key per line: "name: secret" or just "secret"
   keys_env: TIERED_GATEWAY_KEYS   # same entries, comma-separated
@@ -26,6 +30,7 @@ cascades:
     task: chat                # chat: the answering stage's text; classify: labels
     on_error: defer           # default for stages that set no on_error
     reserve_usd: 0.002        # worst-case USD per request, reserved against the budget
+    tools: {accept: tool_call}  # requests with tools: stages whose model takes them
     stages: [...]             # as in a cascade file (tiered.core.spec.StageSpec)
 ```
 
@@ -45,9 +50,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from tiered.config import load_yaml, load_yaml_model
+from tiered.config import load_yaml, validate_yaml
+from tiered.core.limits import MAX_NAME_CHARS, MAX_STAGES, Name
 from tiered.core.spec import StageSpec
 from tiered.errors import ConfigError
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry spans, one per request and one per stage run, sent over OTLP/HTTP."""
+
+    model_config = ConfigDict(extra="forbid")
+    # the collector's OTLP/HTTP address; /v1/traces is added unless the path names it
+    otlp_endpoint: str = Field(min_length=1)
+    service_name: str = Field(default="tiered-gateway", min_length=1)
+    # sent with every export (a hosted backend's key: prefer the standard
+    # OTEL_EXPORTER_OTLP_HEADERS variable, which keeps it out of the file)
+    headers: dict[str, str] = Field(default_factory=dict)
+    # share of requests traced (a client's sampled traceparent is always followed)
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
 
 class ServerSettings(BaseModel):
@@ -56,6 +76,9 @@ class ServerSettings(BaseModel):
     max_in_flight: int = Field(default=256, ge=1)
     retry_after_s: int = Field(default=1, ge=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1)
+    # slow or stalled clients: every wait for a client has a bound
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=10.0, gt=0)
     max_message_chars: int = Field(default=100_000, ge=1)
     max_messages: int = Field(default=256, ge=1)
     max_batch: int = Field(default=256, ge=1)
@@ -65,6 +88,8 @@ class ServerSettings(BaseModel):
     # cache LLM stages' responses in the store (same request, same parameters: paid once);
     # off by default: chat clients that sample expect a fresh answer each time
     response_cache: bool = False
+    # OpenTelemetry (the otel extra); None: no spans, nothing imported, no cost
+    tracing: TracingSettings | None = None
 
 
 class AuthSettings(BaseModel):
@@ -78,7 +103,7 @@ class AuthSettings(BaseModel):
 class BudgetSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     default_usd: float | None = Field(default=None, ge=0)
-    per_key: dict[str, float] = Field(default_factory=dict)
+    per_key: dict[Name, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _non_negative(self) -> BudgetSettings:
@@ -97,7 +122,7 @@ class LocalServerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model_path: str | None = None  # default: Gemma 3 270M from its PyPI package
-    model_alias: str = "local-gguf"
+    model_alias: Name = "local-gguf"
     n_ctx: int = Field(default=2048, ge=128)
     n_threads: int = Field(default=2, ge=1)
     extra_args: list[str] = Field(default_factory=list)
@@ -154,20 +179,38 @@ class OnlineSettings(BaseModel):
         return OnlineConfig.model_validate(self.model_extra or {})
 
 
+class ToolSettings(BaseModel):
+    """How a chat cascade serves requests that carry ``tools``.
+
+    Such requests run through the stages whose model takes tools (an ``openai`` model
+    with ``tools: true``), or the ones named in ``stages``, in cascade order; the last of
+    them answers whatever reaches it. An earlier one's answer is accepted when it is a
+    well-formed tool call (``accept: tool_call``), or when its own rule accepts it and it
+    is not a malformed call (``accept: rule``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    stages: list[Name] | None = Field(default=None, min_length=1)
+    accept: Literal["tool_call", "rule"] = "tool_call"
+
+
 class CascadeEntry(BaseModel):
     """One served cascade: a model name in ``/v1/models``."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    name: str = Field(
+        min_length=1, max_length=MAX_NAME_CHARS, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
+    )
     task: Literal["chat", "classify"] = "chat"
-    labels: list[str] | None = None
-    stages: list[StageSpec] = Field(min_length=1)
+    labels: list[Name] | None = None
+    stages: list[StageSpec] = Field(min_length=1, max_length=MAX_STAGES)
     on_error: Literal["raise", "defer"] | None = None
     deadline_s: float | None = Field(default=None, gt=0)
     reserve_usd: float | None = Field(default=None, ge=0)
     # used for the worst-case cost of token-priced stages when the client sets none
     max_tokens: int = Field(default=256, ge=1)
     online: OnlineSettings | None = None
+    tools: ToolSettings | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     # where it was read from, for errors found when it is built: file, and field prefix
@@ -178,6 +221,12 @@ class CascadeEntry(BaseModel):
     def _task_fields(self) -> CascadeEntry:
         if self.online is not None and self.task != "classify":
             raise ValueError("online learning is for classify cascades; set task: classify")
+        if self.tools is not None and self.task != "chat":
+            raise ValueError("tools are for chat cascades; remove 'tools' or set task: chat")
+        names = [s.name for s in self.stages]
+        unknown = [n for n in (self.tools.stages or []) if n not in names] if self.tools else []
+        if unknown:
+            raise ValueError(f"tools.stages names unknown stages {unknown}; stages: {names}")
         return self
 
     @property
@@ -207,7 +256,7 @@ class GatewayFile(BaseModel):
     server: ServerSettings | None = None
     auth: AuthSettings | None = None
     budgets: BudgetSettings | None = None
-    servers: dict[str, LocalServerSettings] = Field(default_factory=dict)
+    servers: dict[Name, LocalServerSettings] = Field(default_factory=dict)
     cascades: list[CascadeEntry] = Field(default_factory=list)
 
 
@@ -243,13 +292,13 @@ class GatewayConfig(BaseModel):
 
 
 def _load_one(path: Path) -> GatewayFile:
-    data, _ = load_yaml(path)
+    data, node = load_yaml(path)  # parsed once, validated as either kind of file
     base = path.resolve().parent
     if isinstance(data, dict) and "stages" in data:
-        entry = load_yaml_model(path, CascadeEntry)
+        entry = validate_yaml(data, node, path, CascadeEntry)
         entry._base_dir, entry._source = base, path
         return GatewayFile(cascades=[entry])
-    gw = load_yaml_model(path, GatewayFile)
+    gw = validate_yaml(data, node, path, GatewayFile)
     if not gw.cascades:
         raise ConfigError("a gateway file needs at least one cascade", path=path, field="cascades")
     for i, c in enumerate(gw.cascades):
@@ -332,6 +381,8 @@ __all__ = [
     "LocalServerSettings",
     "OnlineSettings",
     "ServerSettings",
+    "ToolSettings",
+    "TracingSettings",
     "load_gateway_config",
     "resolve_server_refs",
     "server_refs",

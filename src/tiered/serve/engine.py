@@ -29,13 +29,16 @@ from tiered.core.answers import AnswerBatch
 from tiered.core.cascade import Cascade, CascadeResult, Stage
 from tiered.core.costs import FixedCost, TokenCost
 from tiered.core.items import Item
-from tiered.core.model import Model
+from tiered.core.model import AsyncModel, Model
 from tiered.core.signals import available_signals, read_signal
 from tiered.core.spec import BuildContext, CascadeSpec
 from tiered.errors import ConfigError
+from tiered.models.llm.pricing import PricedModel, input_token_bound
+from tiered.models.llm.tools import tools_token_bound
 from tiered.serve.config import CascadeEntry, resolve_server_refs
 from tiered.serve.metrics import GatewayMetrics
 from tiered.serve.protocol import StageTrace
+from tiered.serve.tool_calls import ToolRoute, asks_for_tools, tool_route
 
 # --------------------------------------------------------------------------- per-request tally
 
@@ -46,6 +49,8 @@ class StageCall:
     seconds: float
     cost_usd: float
     error: str | None = None
+    # wall-clock start (ns since the epoch): when a trace shows the call
+    start_ns: int = 0
 
 
 @dataclass(slots=True)
@@ -72,10 +77,9 @@ class InstrumentedModel:
         self._stage = stage
         self._cascade = cascade
         self._metrics = metrics
-        self._apredict = getattr(inner, "apredict", None)
+        self._async: AsyncModel | None = inner if isinstance(inner, AsyncModel) else None
         self._executor: ThreadPoolExecutor | None = None
-        if not callable(self._apredict):
-            self._apredict = None
+        if self._async is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"tiered-{stage.name}")
 
     def __getattr__(self, name: str) -> Any:
@@ -86,11 +90,12 @@ class InstrumentedModel:
         return self.inner.predict(items)
 
     async def apredict(self, items: Sequence[Item]) -> AnswerBatch:
+        start_ns = time.time_ns()
         t0 = time.perf_counter()
         error: str | None = None
         try:
-            if self._apredict is not None:
-                answers: AnswerBatch = await self._apredict(items)
+            if self._async is not None:
+                answers: AnswerBatch = await self._async.apredict(items)
             else:
                 loop = asyncio.get_running_loop()
                 answers = await loop.run_in_executor(self._executor, self.inner.predict, items)
@@ -106,13 +111,13 @@ class InstrumentedModel:
             if error is not None:
                 tally = CURRENT_TALLY.get()
                 if tally is not None:
-                    tally.calls.append(StageCall(self._stage.name, seconds, 0.0, error))
+                    tally.calls.append(StageCall(self._stage.name, seconds, 0.0, error, start_ns))
         usd = float(np.nansum(self._stage.cost.cost(answers)))
         if usd > 0:
             self._metrics.observe_cost(self._cascade, self._stage.name, usd)
         tally = CURRENT_TALLY.get()
         if tally is not None:
-            tally.calls.append(StageCall(self._stage.name, seconds, usd))
+            tally.calls.append(StageCall(self._stage.name, seconds, usd, None, start_ns))
         return answers
 
     def close(self) -> None:
@@ -141,6 +146,8 @@ class ItemOutcome:
     # the answering stage's raw text when its label is a normalised form of it
     # (``AnswerBatch.extra["text"]``, as OpenAIChat gives); chat answers return this
     raw_text: str | None = None
+    # the tool calls of the answer (OpenAI's shape), for a request with tools
+    tool_calls: list[dict[str, Any]] | None = None
 
     @property
     def text(self) -> str | None:
@@ -155,9 +162,9 @@ def _num(x: float) -> float:
 
 
 def _confidence_signal(stage: Stage) -> str | None:
-    """The signal that says how sure a stage is: the one its rule reads, else max_prob."""
-    sig = getattr(stage.rule, "signal", None)
-    return sig if isinstance(sig, str) else None
+    """The signal that says how sure a stage is: the one its rule reads (if only one)."""
+    needed = stage.rule.signals_needed()
+    return next(iter(needed)) if len(needed) == 1 else None
 
 
 def outcomes_of(result: CascadeResult, stages: Sequence[Stage]) -> list[ItemOutcome]:
@@ -166,11 +173,13 @@ def outcomes_of(result: CascadeResult, stages: Sequence[Stage]) -> list[ItemOutc
     traces: list[list[StageTrace]] = [[] for _ in range(n)]
     tokens: list[tuple[int, int]] = [(0, 0)] * n
     raw: list[str | None] = [None] * n
+    calls: list[Any] = [None] * n
     for step in result.steps:
         a = step.answers
         cols = {name: read_signal(a, name) for name in available_signals(a)}
         errors = a.extra.get("error")
         texts = a.extra.get("text")
+        made = a.extra.get("tool_calls")
         t_in = a.tokens_in
         t_out = a.tokens_out
         cost = step.cost.tolist()
@@ -191,6 +200,8 @@ def outcomes_of(result: CascadeResult, stages: Sequence[Stage]) -> list[ItemOutc
             if acc[pos]:
                 if texts is not None:
                     raw[i] = texts[pos]
+                if made is not None:
+                    calls[i] = made[pos]
                 tokens[i] = (
                     0 if t_in is None else int(_num(t_in[pos])),
                     0 if t_out is None else int(_num(t_out[pos])),
@@ -219,6 +230,7 @@ def outcomes_of(result: CascadeResult, stages: Sequence[Stage]) -> list[ItemOutc
                 tokens_in=tokens[i][0],
                 tokens_out=tokens[i][1],
                 raw_text=raw[i],
+                tool_calls=calls[i],
             )
         )
     return out
@@ -237,31 +249,22 @@ def cascade_spec(entry: CascadeEntry, resources: dict[str, Any] | None) -> Casca
     return CascadeSpec(name=entry.name, stages=stages, metadata=entry.metadata)
 
 
-def model_worst_case(model: Any, items: Sequence[Item], out_tokens: int) -> float:
-    """What a model that prices its own calls can charge for ``items`` at most.
+@dataclass(frozen=True, slots=True)
+class WorstCase:
+    """The most a request can cost, and whether that is a true bound."""
 
-    ``model.worst_case_cost(items, max_tokens)`` when it has one; else, for models with a
-    ``spec.prices.of(tokens_in, tokens_out)`` (``OpenAIChat``): input bytes as tokens (a
-    byte-level tokenizer never makes more) plus the prompt template, and the stage's
-    ``max_tokens`` out, for each sample and prompt variant; else 0 (unknown).
-    """
-    bound = getattr(model, "worst_case_cost", None)
-    if callable(bound):
-        return float(bound(items, out_tokens))
-    spec = getattr(model, "spec", None)
-    of = getattr(getattr(spec, "prices", None), "of", None)
-    if not callable(of):
-        return 0.0
-    default_max = getattr(spec, "default_max_tokens", None)
-    max_out = int(default_max()) if callable(default_max) else out_tokens
-    calls = int(getattr(spec, "samples", 1) or 1) * (
-        2 if getattr(spec, "verify_prompt", None) else 1
-    )
-    template = 64 + sum(
-        len(str(getattr(spec, name, None) or "").encode())
-        for name in ("prompt", "verify_prompt", "system")
-    )
-    return float(sum(of(len(it.text.encode()) + template, max_out) * calls for it in items))
+    usd: float
+    # every stage could bound its cost: the request is never charged more than usd
+    bounded: bool
+
+
+def model_worst_case(model: Model, items: Sequence[Item]) -> float | None:
+    """What ``model`` can charge for ``items`` at most, when it can say (a PricedModel)."""
+    if isinstance(model, InstrumentedModel):
+        model = model.inner
+    if isinstance(model, PricedModel):
+        return float(model.worst_case_cost(items))
+    return None
 
 
 class ServedCascade:
@@ -286,6 +289,11 @@ class ServedCascade:
             if not isinstance(stage.model, InstrumentedModel):
                 stage.model = InstrumentedModel(stage.model, stage, self.name, metrics)
                 self._wrapped.append(stage.model)
+        try:
+            # requests with tools: the stages that take them (None: such requests are 400s)
+            self.tools: ToolRoute | None = tool_route(entry, cascade)
+        except ConfigError as exc:
+            raise entry.located(exc) from exc
         self.created = int(time.time())
 
     @classmethod
@@ -324,42 +332,56 @@ class ServedCascade:
     def stage_names(self) -> list[str]:
         return self.cascade.stage_names
 
-    def worst_case_usd(self, items: Sequence[Item], max_tokens: int | None = None) -> float:
+    def worst_case(self, items: Sequence[Item], max_tokens: int | None = None) -> WorstCase:
         """What answering ``items`` can cost at most, reserved against the caller's budget.
 
-        ``reserve_usd`` (per item) when the cascade sets it; else every stage's worst
-        case: a fixed price per call, token prices over the input (4 characters a token,
-        rounded up) and ``max_tokens`` of output, or the model's own
-        ``worst_case_cost(items, max_tokens)`` when it has one; 0 when none of these
-        says (such a request is admitted while the key has budget left).
+        ``reserve_usd`` (per item, the operator's bound) when the cascade sets it; else the
+        sum of every stage's worst case: a fixed price per call; token prices over the input
+        (its UTF-8 bytes, which no tokenizer exceeds) and ``max_tokens`` of output; or the
+        model's own :meth:`~tiered.models.llm.PricedModel.worst_case_cost`. A stage with
+        none of these adds nothing and makes the sum an estimate, not a bound (such a
+        request is admitted while the key has budget left, and charged what it reports).
         """
         if self.entry.reserve_usd is not None:
-            return self.entry.reserve_usd * len(items)
+            return WorstCase(self.entry.reserve_usd * len(items), bounded=True)
         out_tokens = max_tokens or self.entry.max_tokens
         total = 0.0
-        for stage in self.cascade.stages:
+        bounded = True
+        for stage in self._route(items)[0].stages:
             cost = stage.cost
             if isinstance(cost, FixedCost):
                 total += cost.usd_per_call * len(items)
             elif isinstance(cost, TokenCost):
-                chars = sum(len(it.text) for it in items)
+                tokens_in = sum(
+                    input_token_bound(it.input) + tools_token_bound(it.params) for it in items
+                )
                 total += (
                     cost.usd_per_request * len(items)
-                    + cost.usd_per_input_token * (chars // 4 + len(items))
+                    + cost.usd_per_input_token * tokens_in
                     + cost.usd_per_output_token * out_tokens * len(items)
                 )
             else:
-                model = stage.model
-                if isinstance(model, InstrumentedModel):
-                    model = model.inner
-                total += model_worst_case(model, items, out_tokens)
-        return total
+                usd = model_worst_case(stage.model, items)
+                bounded &= usd is not None
+                total += usd or 0.0
+        return WorstCase(total, bounded)
+
+    def _route(self, items: Sequence[Item]) -> tuple[Cascade, list[int] | None]:
+        """The cascade ``items`` run through, and its stages' positions (None: all)."""
+        if self.tools is not None and asks_for_tools(items):
+            return self.tools.cascade, self.tools.positions
+        return self.cascade, None
 
     async def run(self, items: Sequence[Item]) -> list[ItemOutcome]:
         """Answer ``items`` (one cascade batch); per-stage metrics are recorded here."""
-        result = await self.cascade.arun(items)
+        cascade, positions = self._route(items)
+        result = await cascade.arun(items)
         self.metrics.observe_result(self.name, result)
-        return outcomes_of(result, self.cascade.stages)
+        out = outcomes_of(result, cascade.stages)
+        if positions is not None:  # stage indices of the served cascade, as everywhere
+            for o in out:
+                o.stage_index = positions[o.stage_index]
+        return out
 
     def close(self) -> None:
         for m in self._wrapped:
@@ -373,6 +395,7 @@ __all__ = [
     "ServedCascade",
     "StageCall",
     "Tally",
+    "WorstCase",
     "cascade_spec",
     "model_worst_case",
     "outcomes_of",

@@ -6,21 +6,24 @@
         ├── AuthenticationError      401
         ├── BudgetDeniedError        402  the key's USD budget cannot cover the request
         ├── ModelNotFoundError       404  param "model"
+        ├── RequestTimeoutError      408  the request body did not arrive in time
         ├── PayloadTooLargeError     413  body, message or batch over its limit
         ├── OverloadedError          429  in-flight limit reached (Retry-After)
         ├── NoAnswerError            502  the last stage gave no usable answer
         └── DeadlineExceededError    504  the request's deadline passed
 
 Errors raised by the stages (``tiered.errors``) map too: an upstream timeout is a 504,
-an upstream rate limit a 429 with Retry-After, any other upstream failure a 502, a
-model's own spending cap a 402. Anything else is a 500 whose message says nothing about
-the request (the details go to the server log).
+an upstream rate limit a 429 with the upstream's Retry-After (1 s when it gave none),
+any other upstream failure a 502, a model's own spending cap a 402. Anything else is a
+500 whose message says nothing about the request (the details go to the server log).
 
 Budget exhaustion is a 402, not OpenAI's 429 ``insufficient_quota``: clients (the
 official one included) retry 429s, and retrying cannot help an exhausted budget.
 """
 
 from __future__ import annotations
+
+import math
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -83,6 +86,12 @@ class ModelNotFoundError(GatewayError):
     code = "model_not_found"
 
 
+class RequestTimeoutError(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLargeError(GatewayError):
     status = 413
     type = "invalid_request_error"
@@ -138,7 +147,9 @@ def error_response(exc: BaseException) -> tuple[int, ErrorResponse, dict[str, st
         status, typ, code, msg = 402, "insufficient_quota", "upstream_budget_exhausted", str(exc)
     elif isinstance(exc, RateLimitError):
         status, typ, code, msg = 429, "rate_limit_error", "upstream_rate_limited", str(exc)
-        headers["retry-after"] = "1"
+        # the upstream's own Retry-After (whole seconds, rounded up), else one second
+        wait = exc.retry_after_s
+        headers["retry-after"] = str(max(1, math.ceil(wait))) if wait is not None else "1"
     elif isinstance(exc, UpstreamTimeoutError):
         status, typ, code, msg = 504, "timeout_error", "upstream_timeout", str(exc)
     elif isinstance(exc, UpstreamError):
@@ -167,5 +178,6 @@ __all__ = [
     "NoAnswerError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "RequestTimeoutError",
     "error_response",
 ]

@@ -1,10 +1,13 @@
 """The gateway's shared state and the path every cascade request takes.
 
 ``Gateway.execute`` is that path: take an in-flight slot (429 when none is free),
-reserve the caller's worst-case cost (402 when the budget cannot cover it), run the
-cascade under the request's deadline (504 when it passes), settle the budget with what
-the stages actually cost, whatever happened. The serving classes only translate between
-the wire formats and this path.
+reserve the caller's worst-case cost in the key's :class:`~tiered.models.llm.Budget`
+(402 when it cannot cover it), run the cascade under the request's deadline (504 when it
+passes), settle the budget with what the stages actually cost (never more than was
+reserved, when every stage could bound its cost), whatever happened. Upstream calls are
+shared only between requests of the same key (:func:`~tiered.models.llm.caller_scope`),
+so one client's cancellation never reaches another. The serving classes only translate
+between the wire formats and this path.
 """
 
 from __future__ import annotations
@@ -20,17 +23,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from tiered.core.items import Item
+from tiered.errors import BudgetExceededError, UpstreamError
+from tiered.models.llm.openai_chat import caller_scope
+from tiered.models.llm.pricing import Budget, Reservation
 from tiered.serve.auth import KeyRing, Principal
-from tiered.serve.budget import BudgetLedger
-from tiered.serve.config import GatewayConfig
+from tiered.serve.config import BudgetSettings, GatewayConfig
 from tiered.serve.engine import CURRENT_TALLY, ItemOutcome, ServedCascade, Tally
 from tiered.serve.errors import (
+    BudgetDeniedError,
     DeadlineExceededError,
     InvalidRequestError,
     ModelNotFoundError,
     OverloadedError,
 )
 from tiered.serve.metrics import GatewayMetrics
+from tiered.serve.tracing import CURRENT_RECORD, RequestTracer
+from tiered.store.gateway_spend import SpendTable
 
 logger = logging.getLogger("tiered.serve")
 
@@ -77,7 +85,7 @@ def start_local_servers(config: GatewayConfig) -> dict[str, Any]:
     """Start the config's llama.cpp servers (all or none: a failure stops the started)."""
     if not config.servers:
         return {}
-    from tiered.models.llama_server import LlamaServer
+    from tiered.models.llm.llama_server import LlamaServer
 
     started: dict[str, Any] = {}
     try:
@@ -102,6 +110,12 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def gateway_budget(settings: BudgetSettings, store: sqlite3.Connection | None) -> Budget:
+    """The keys' budget (one account per key name); spend is kept in the store if any."""
+    log = SpendTable(store) if store is not None else None
+    return Budget(settings.default_usd, per_account=settings.per_key, spend_log=log)
+
+
 class Gateway:
     """Served cascades, keys, budgets, limits and metrics of one gateway process."""
 
@@ -114,16 +128,19 @@ class Gateway:
         keys: KeyRing | None = None,
         store: sqlite3.Connection | None = None,
         debug_log_prompts: bool = False,
+        tracer: RequestTracer | None = None,
     ) -> None:
         self.config = config
         self.server = config.server
         self.metrics = metrics or GatewayMetrics()
         self.keys = keys or KeyRing()
         self.store = store
-        self.ledger = BudgetLedger(config.budgets, store)
+        self.budget = gateway_budget(config.budgets, store)
         self.limiter = InFlightLimiter(self.server.max_in_flight, self.server.retry_after_s)
         self.cascades = {c.name: c for c in cascades}
         self.debug_log_prompts = debug_log_prompts
+        # OpenTelemetry spans (server.tracing); None: nothing recorded, nothing imported
+        self.tracer = tracer
         self.started = time.time()
         # llama.cpp servers this gateway started (stopped by close())
         self.local_servers: dict[str, Any] = {}
@@ -142,7 +159,10 @@ class Gateway:
         servers = start_local_servers(config)
         store = None
         served: list[ServedCascade] = []
+        tracer = None
         try:
+            if config.server.tracing is not None:
+                tracer = RequestTracer(config.server.tracing)
             if config.server.store is not None:
                 from tiered.store.sqlite import connect
 
@@ -168,6 +188,8 @@ class Gateway:
         except BaseException:
             for s in served:
                 s.close()
+            if tracer is not None:
+                tracer.shutdown()
             if store is not None:
                 store.close()
             for srv in servers.values():
@@ -180,16 +202,21 @@ class Gateway:
             keys=keys,
             store=store,
             debug_log_prompts=debug_log_prompts,
+            tracer=tracer,
         )
         gateway.local_servers = servers
         return gateway
 
     def close(self) -> None:
-        """Close cascades (online ones save their state), the store, local servers."""
+        """Close cascades (online ones save their state), the store, local servers; export
+        the spans still queued."""
         try:
             for c in self.cascades.values():
                 c.close()
         finally:
+            if self.tracer is not None:
+                self.tracer.shutdown()
+                self.tracer = None
             if self.store is not None:
                 self.store.close()
                 self.store = None
@@ -246,31 +273,55 @@ class Gateway:
         request_id: str,
         max_tokens: int | None,
     ) -> Execution:
-        reservation = await self.ledger.reserve(
-            principal.name, served.worst_case_usd(items, max_tokens)
-        )
-        tally = Tally()
-        token = CURRENT_TALLY.set(tally)
-        charged = 0.0
+        worst = served.worst_case(items, max_tokens)
         try:
-            try:
+            reservation = self.budget.reserve(
+                worst.usd, account=principal.name, bounded=worst.bounded, what="this request"
+            )
+        except BudgetExceededError as exc:
+            raise BudgetDeniedError(str(exc), headers={"x-should-retry": "false"}) from exc
+        tally = Tally()
+        record = CURRENT_RECORD.get() if self.tracer is not None else None
+        if record is not None:
+            record.begin(served.name, served.stage_names, tally)
+        token = CURRENT_TALLY.set(tally)
+        try:
+            with caller_scope(principal.name):
                 async with asyncio.timeout(served.deadline_s) as deadline:
                     outcomes = await served.run(items)
-            except TimeoutError as exc:
-                if deadline.expired():
-                    raise DeadlineExceededError(
-                        f"no answer within the deadline of {served.deadline_s:g} s"
-                    ) from exc
-                raise
-            charged = max(sum(o.cost_usd for o in outcomes), tally.cost_usd)
-            return Execution(request_id, served.name, outcomes, charged, tally)
+        except TimeoutError as exc:
+            self._charge(reservation, principal, tally.cost_usd)
+            if deadline.expired():
+                raise DeadlineExceededError(
+                    f"no answer within the deadline of {served.deadline_s:g} s"
+                ) from exc
+            raise
+        except asyncio.CancelledError as exc:
+            self._charge(reservation, principal, tally.cost_usd)
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # this request was cancelled (its client left)
+            # a cancellation that is not this request's must not escape as one
+            raise UpstreamError("an upstream call was cancelled", retryable=True) from exc
+        except BaseException:
+            # a failed request still pays for the stage calls that completed
+            self._charge(reservation, principal, tally.cost_usd)
+            raise
         finally:
             CURRENT_TALLY.reset(token)
-            # a failed request still pays for the stage calls that completed
-            charged = charged or tally.cost_usd
-            await self.ledger.settle(reservation, charged)
-            if charged > 0:
-                self.metrics.budget_spent.labels(principal.name).inc(charged)
+        usd = max(sum(o.cost_usd for o in outcomes), tally.cost_usd)
+        charged = self._charge(reservation, principal, usd)
+        execution = Execution(request_id, served.name, outcomes, charged, tally)
+        if record is not None:
+            record.execution = execution
+        return execution
+
+    def _charge(self, reservation: Reservation, principal: Principal, usd: float) -> float:
+        """Settle the request's reservation (capped when bounded); count what was charged."""
+        charged = self.budget.settle(reservation, usd)
+        if charged > 0:
+            self.metrics.budget_spent.labels(principal.name).inc(charged)
+        return charged
 
     # ------------------------------------------------------------------ logging
 

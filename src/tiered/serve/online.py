@@ -8,19 +8,16 @@ Safe under concurrent requests: one ``asyncio.Lock`` serializes the learning ste
 ``OnlineCascade`` is one mutable learner), and each step runs as a task shielded from
 its request's cancellation, so a request whose deadline passes gets its 504 while the
 step it started still completes and leaves the learner consistent. The learned state is
-written to the gateway's SQLite store (table ``gateway_online``) every
-``checkpoint_every_items`` items and at shutdown, and loaded at start-up; state learned
-with a different cascade config is refused rather than mixed in.
+written to the gateway's state store (:class:`tiered.store.learner_state.LearnerStates`,
+arrays + JSON) every ``checkpoint_every_items`` items and at shutdown, and loaded at
+start-up; state learned with a different cascade config is refused rather than mixed in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 import sqlite3
-import time
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,18 +29,10 @@ from tiered.serve.engine import CURRENT_TALLY, ItemOutcome, ServedCascade
 from tiered.serve.metrics import GatewayMetrics
 from tiered.serve.protocol import StageTrace
 from tiered.store.fingerprint import json_fingerprint
+from tiered.store.learner_state import LearnerStates
+from tiered.store.state import encode_state
 
 logger = logging.getLogger("tiered.serve")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS gateway_online (
-    cascade TEXT PRIMARY KEY,
-    config_hash TEXT NOT NULL,
-    n_items INTEGER NOT NULL,
-    state BLOB NOT NULL,
-    updated_at REAL NOT NULL
-)
-"""
 
 
 def config_hash(entry: CascadeEntry) -> str:
@@ -84,11 +73,11 @@ class OnlineServedCascade(ServedCascade):
             config=entry.online.online_config(),
         )
         self.checkpoint_every = entry.online.checkpoint_every_items
-        self.store = store
+        self.states = LearnerStates(store) if store is not None else None
         self.hash = config_hash(entry)
         self._lock = asyncio.Lock()
         self._unsaved = 0
-        if store is not None:
+        if self.states is not None:
             self._load()
         else:
             logger.warning(
@@ -112,44 +101,36 @@ class OnlineServedCascade(ServedCascade):
     # ------------------------------------------------------------------ store
 
     def _load(self) -> None:
-        assert self.store is not None
-        try:
-            self.store.execute(_SCHEMA)
-            row = self.store.execute(
-                "SELECT config_hash, n_items, state FROM gateway_online WHERE cascade = ?",
-                (self.name,),
-            ).fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read online state of '{self.name}': {exc}") from exc
-        if row is None:
+        assert self.states is not None
+        saved = self.states.load(self.name)
+        if saved is None:
             return
-        saved_hash, n_items, blob = row
-        if saved_hash != self.hash:
+        if saved.config_hash != self.hash:
             raise StoreError(
                 f"the store holds online state of cascade '{self.name}' learned with a "
                 "different config (stages or online settings); rename the cascade, use "
-                "another store, or delete its row from table gateway_online"
+                "another store, or delete its row from table learner_state"
             )
-        self.learner.load_state_dict(pickle.loads(zlib.decompress(blob)))
-        logger.info("online cascade '%s' resumed after %d items", self.name, n_items)
+        try:
+            self.learner.load_state_dict(saved.state)
+        except Exception as exc:  # a state that does not fit this cascade is unusable
+            why = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+            raise StoreError(
+                f"cannot restore the online state of cascade '{self.name}' ({why}); "
+                "use another store, or delete its row from table learner_state"
+            ) from exc
+        logger.info("online cascade '%s' resumed after %d items", self.name, saved.n_items)
 
     def _state_blob(self) -> bytes:
-        return zlib.compress(pickle.dumps(self.learner.state_dict(), protocol=5), 1)
+        return encode_state(self.learner.state_dict())
 
     def _write(self, blob: bytes) -> None:
-        assert self.store is not None
-        try:
-            self.store.execute(
-                "INSERT OR REPLACE INTO gateway_online "
-                "(cascade, config_hash, n_items, state, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (self.name, self.hash, self.learner.n_items, blob, time.time()),
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot save online state of '{self.name}': {exc}") from exc
+        assert self.states is not None
+        self.states.save(self.name, config_hash=self.hash, n_items=self.learner.n_items, blob=blob)
 
     def save(self) -> None:
         """Write the learned state now (also done every ``checkpoint_every_items``)."""
-        if self.store is not None:
+        if self.states is not None:
             self._write(self._state_blob())
             self._unsaved = 0
 
@@ -159,8 +140,8 @@ class OnlineServedCascade(ServedCascade):
         async with self._lock:
             decisions = await self.learner.aprocess(items)
             self._unsaved += len(items)
-            if self.store is not None and self._unsaved >= self.checkpoint_every:
-                # pickling a large learner takes a while: off the event loop, still
+            if self.states is not None and self._unsaved >= self.checkpoint_every:
+                # encoding a large learner takes a while: off the event loop, still
                 # under the lock so no other step mutates it meanwhile
                 blob = await asyncio.to_thread(self._state_blob)
                 self._write(blob)

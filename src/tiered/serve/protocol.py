@@ -1,11 +1,13 @@
 """Wire schemas of the gateway: the OpenAI API subset we serve, plus ``/v1/classify``.
 
 Requests accept (and ignore) OpenAI fields we have no use for, so that existing clients
-keep working; fields whose meaning we cannot honour (``n > 1``, tools, logprobs, a JSON
-response format) are rejected with a 400 naming the parameter rather than silently
-dropped. Responses carry exactly the OpenAI fields, plus one extra object ``tiered``
-with the cascade's trace; the official ``openai`` client keeps unknown fields, so
-``completion.tiered`` (or ``completion.model_extra["tiered"]``) reads it.
+keep working; fields whose meaning we cannot honour (``n > 1``, legacy ``functions``,
+logprobs, a JSON response format) are rejected with a 400 naming the parameter rather
+than silently dropped. ``tools`` go to the stages that take them; the answer's
+``tool_calls`` are OpenAI's, streamed as OpenAI streams them. Responses carry exactly
+the OpenAI fields, plus one extra object ``tiered`` with the cascade's trace; the official
+``openai`` client keeps unknown fields, so ``completion.tiered`` (or
+``completion.model_extra["tiered"]``) reads it.
 """
 
 from __future__ import annotations
@@ -81,12 +83,75 @@ class TextContentPart(BaseModel):
     text: str
 
 
+# --------------------------------------------------------------------------- tools
+
+
+class FunctionCall(BaseModel):
+    """A call's function: its name and its arguments as a JSON string."""
+
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    """One tool call of an assistant message, as OpenAI sends it."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDefinition(BaseModel):
+    # kept as sent (description, strict, ...): forwarded to the stages untouched
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming the one function to call."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     # image/audio parts fail validation here: a 400 naming the message, not a silent drop
     content: str | list[TextContentPart] | None = None
     name: str | None = None
+    # an assistant turn that called tools, and a tool's answer to one call
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    def as_input(self) -> dict[str, Any]:
+        """The message as a stage sees it (tool fields only where the client sent them)."""
+        m: dict[str, Any] = {"role": self.role, "content": self.text}
+        if self.tool_calls:
+            m["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            m["tool_call_id"] = self.tool_call_id
+        if self.name is not None and self.role in ("tool", "function"):
+            m["name"] = self.name
+        return m
 
     @property
     def text(self) -> str:
@@ -130,15 +195,25 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     functions: list[dict[str, Any]] | None = None
+    function_call: Any = None
     response_format: dict[str, Any] | None = None
 
     def params(self) -> dict[str, Any]:
         out = super().params()
         if self.max_completion_tokens is not None and "max_tokens" not in out:
             out["max_tokens"] = self.max_completion_tokens
+        if self.tools:
+            # as the client sent them: the stages forward them upstream
+            out["tools"] = [t.model_dump(exclude_none=True) for t in self.tools]
+            if self.tool_choice is not None:
+                c = self.tool_choice
+                out["tool_choice"] = c if isinstance(c, str) else c.model_dump()
+            if self.parallel_tool_calls is not None:
+                out["parallel_tool_calls"] = self.parallel_tool_calls
         return out
 
 
@@ -146,13 +221,15 @@ class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    # absent unless the answer calls tools (as OpenAI sends it)
+    tool_calls: list[ToolCall] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class ChatCompletionChoice(BaseModel):
     index: int
     message: ChatCompletionMessage
     logprobs: None = None
-    finish_reason: Literal["stop", "length"] = "stop"
+    finish_reason: Literal["stop", "length", "tool_calls"] = "stop"
 
 
 class ChatCompletionResponse(BaseModel):
@@ -166,16 +243,31 @@ class ChatCompletionResponse(BaseModel):
     tiered: TieredTrace
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    """A piece of a streamed tool call: id, type and name first, then argument pieces."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatCompletionStreamChoice(BaseModel):
     index: int
     delta: DeltaMessage
     logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
 
     @field_serializer("delta")
     def _sparse_delta(self, delta: DeltaMessage) -> dict[str, Any]:
@@ -335,16 +427,25 @@ __all__ = [
     "CompletionRequest",
     "CompletionResponse",
     "CompletionStreamChoice",
+    "DeltaFunctionCall",
     "DeltaMessage",
+    "DeltaToolCall",
     "ErrorInfo",
     "ErrorResponse",
+    "FunctionCall",
+    "FunctionDefinition",
     "HealthResponse",
     "ModelCard",
     "ModelList",
+    "NamedFunction",
+    "NamedToolChoice",
     "SamplingFields",
     "StageTrace",
     "StreamOptions",
     "TextContentPart",
     "TieredTrace",
+    "ToolCall",
+    "ToolChoice",
+    "ToolDefinition",
     "UsageInfo",
 ]

@@ -1,15 +1,17 @@
 """``POST /v1/chat/completions``: a chat request through a cascade.
 
 The request's messages become one item (``Item.input`` is the list of ``{role,
-content}`` messages; the generation parameters the client set are in ``Item.params``);
-the answering stage's text is the assistant message. A classify cascade answers with
-its label.
+content}`` messages, with ``tool_calls``/``tool_call_id`` where the client sent them; the
+generation parameters the client set, and its ``tools``, are in ``Item.params``); the
+answering stage's text is the assistant message, and its tool calls the message's
+``tool_calls``. A classify cascade answers with its label.
 """
 
 from __future__ import annotations
 
 from tiered.core.items import Item
 from tiered.serve.auth import Principal
+from tiered.serve.engine import ServedCascade
 from tiered.serve.errors import InvalidRequestError, PayloadTooLargeError
 from tiered.serve.gateway import Execution
 from tiered.serve.protocol import (
@@ -19,8 +21,11 @@ from tiered.serve.protocol import (
     ChatCompletionResponse,
     ChatCompletionStreamChoice,
     ChatCompletionStreamResponse,
+    DeltaFunctionCall,
     DeltaMessage,
+    DeltaToolCall,
     TieredTrace,
+    ToolCall,
     UsageInfo,
 )
 from tiered.serve.serving_base import OpenAIServing, ServedResponse, now, split_text, sse
@@ -39,14 +44,26 @@ class OpenAIServingChat(OpenAIServing):
         # an assistant message does not (completions keep the text exactly)
         return self.require_answers(execution)[0].strip()
 
-    def validate(self, request: ChatCompletionRequest) -> None:
+    def answer(self, execution: Execution) -> tuple[str | None, list[ToolCall] | None]:
+        """The assistant message's content and tool calls (None when it calls none)."""
+        text = self.answer_text(execution)
+        calls = execution.outcomes[0].tool_calls
+        if not calls:
+            return text, None
+        # the label of a tool call is its key: the content is the stage's own text
+        content = (execution.outcomes[0].raw_text or "").strip()
+        return content or None, [ToolCall.model_validate(c) for c in calls]
+
+    def validate(self, request: ChatCompletionRequest, served: ServedCascade) -> None:
         """Refuse what the gateway cannot honour, naming the parameter."""
         if request.n not in (None, 1):
             raise InvalidRequestError("only n=1 is supported", param="n")
-        if request.tools or request.functions:
+        if request.functions or request.function_call is not None:
             raise InvalidRequestError(
-                "tool and function calling is not supported by the gateway", param="tools"
+                "legacy function calling is not supported; send 'tools' instead",
+                param="functions",
             )
+        self.validate_tools(request, served)
         if request.logprobs:
             raise InvalidRequestError("logprobs are not returned by the gateway", param="logprobs")
         fmt = (request.response_format or {}).get("type", "text")
@@ -63,15 +80,41 @@ class OpenAIServingChat(OpenAIServing):
         for i, m in enumerate(request.messages):
             self.check_text(m.text, f"messages.{i}.content")
 
+    @staticmethod
+    def validate_tools(request: ChatCompletionRequest, served: ServedCascade) -> None:
+        """Tools need a stage that takes them; ``tool_choice`` needs tools to choose from."""
+        choice = request.tool_choice
+        if not request.tools:
+            if choice is not None and choice != "none":
+                raise InvalidRequestError(
+                    "'tool_choice' is only allowed when 'tools' are given", param="tool_choice"
+                )
+            return
+        if served.tools is None:
+            raise InvalidRequestError(
+                f"model '{served.name}' has no stage configured for tool calls (a stage's "
+                "model takes them with tools: true)",
+                param="tools",
+                code="tools_not_supported",
+            )
+        if choice is not None and not isinstance(choice, str):
+            names = {t.function.name for t in request.tools}
+            if choice.function.name not in names:
+                raise InvalidRequestError(
+                    f"tool_choice names function '{choice.function.name}', which is not "
+                    "among the tools",
+                    param="tool_choice",
+                )
+
     async def create_chat_completion(
         self, request: ChatCompletionRequest, principal: Principal, *, request_id: str
     ) -> ServedResponse:
         served = self.gateway.cascade(request.model)
-        self.validate(request)
+        self.validate(request, served)
         params = request.params()
         item = Item(
             id=request_id,
-            input=[{"role": m.role, "content": m.text} for m in request.messages],
+            input=[m.as_input() for m in request.messages],
             params=params,
         )
         run = self.gateway.execute(
@@ -86,12 +129,16 @@ class OpenAIServingChat(OpenAIServing):
 
             return await self.streamed(run, chunks, request_id=request_id)
         execution = await run
-        text = self.answer_text(execution)
+        text, calls = self.answer(execution)
+        message = ChatCompletionMessage(content=text, tool_calls=calls)
+        choice = ChatCompletionChoice(
+            index=0, message=message, finish_reason="tool_calls" if calls else "stop"
+        )
         body = ChatCompletionResponse(
             id=f"chatcmpl-{request_id}",
             created=created,
             model=request.model,
-            choices=[ChatCompletionChoice(index=0, message=ChatCompletionMessage(content=text))],
+            choices=[choice],
             usage=_usage(execution),
             tiered=self.trace(execution, execution.outcomes[0]),
         )
@@ -100,13 +147,16 @@ class OpenAIServingChat(OpenAIServing):
     def _chunks(
         self, execution: Execution, model: str, created: int, include_usage: bool
     ) -> list[bytes]:
-        """The answer as OpenAI chunks: role, text pieces, finish (with the trace), usage."""
-        text = self.answer_text(execution)
+        """The answer as OpenAI chunks: role, text pieces, tool calls (each its id and name,
+        then its arguments in pieces), finish (with the trace), usage."""
+        text, calls = self.answer(execution)
         cid = f"chatcmpl-{execution.request_id}"
+        finish = "tool_calls" if calls else "stop"
+        size = self.server.stream_chunk_chars
 
         def chunk(delta: DeltaMessage, trace: TieredTrace | None = None) -> bytes:
             choice = ChatCompletionStreamChoice(
-                index=0, delta=delta, finish_reason="stop" if trace is not None else None
+                index=0, delta=delta, finish_reason=finish if trace is not None else None
             )
             return sse(
                 ChatCompletionStreamResponse(
@@ -115,10 +165,29 @@ class OpenAIServingChat(OpenAIServing):
             )
 
         out = [chunk(DeltaMessage(role="assistant", content=""))]
-        out += [
-            chunk(DeltaMessage(content=piece))
-            for piece in split_text(text, self.server.stream_chunk_chars)
-        ]
+        out += [chunk(DeltaMessage(content=piece)) for piece in split_text(text or "", size)]
+        for j, call in enumerate(calls or []):
+            fn = call.function
+            head = DeltaFunctionCall(name=fn.name, arguments="")
+            out.append(
+                chunk(
+                    DeltaMessage(
+                        tool_calls=[
+                            DeltaToolCall(index=j, id=call.id, type="function", function=head)
+                        ]
+                    )
+                )
+            )
+            out += [
+                chunk(
+                    DeltaMessage(
+                        tool_calls=[
+                            DeltaToolCall(index=j, function=DeltaFunctionCall(arguments=piece))
+                        ]
+                    )
+                )
+                for piece in split_text(fn.arguments, size)
+            ]
         # the finish chunk carries the trace
         out.append(chunk(DeltaMessage(), self.trace(execution, execution.outcomes[0])))
         if include_usage:

@@ -22,22 +22,29 @@ from typing import Any
 
 from tiered.errors import StoreError
 from tiered.store.fingerprint import json_fingerprint
+from tiered.store.schema import ensure_schema, unchanged
 from tiered.store.sqlite import connect
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS llm_cache (
-    key TEXT PRIMARY KEY,
-    base_url TEXT NOT NULL,
-    model TEXT NOT NULL,
-    request TEXT NOT NULL,
-    response TEXT NOT NULL,
-    tokens_in INTEGER,
-    tokens_out INTEGER,
-    usd REAL NOT NULL,
-    latency_ms REAL NOT NULL,
-    created_at REAL NOT NULL
+# Schema history (component "response_cache"): 0, table llm_cache without a recorded
+# version; 1, the same table, version recorded.
+SCHEMA_VERSION = 1
+
+_CREATE = (
+    """
+    CREATE TABLE IF NOT EXISTS llm_cache (
+        key TEXT PRIMARY KEY,
+        base_url TEXT NOT NULL,
+        model TEXT NOT NULL,
+        request TEXT NOT NULL,
+        response TEXT NOT NULL,
+        tokens_in INTEGER,
+        tokens_out INTEGER,
+        usd REAL NOT NULL,
+        latency_ms REAL NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
 )
-"""
 
 
 def request_key(base_url: str, request: dict[str, Any]) -> str:
@@ -78,11 +85,15 @@ class ResponseCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
-        try:
-            with self._lock:
-                self._conn.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot create the response cache table: {exc}") from exc
+        with self._lock:
+            ensure_schema(
+                self._conn,
+                "response_cache",
+                SCHEMA_VERSION,
+                _CREATE,
+                legacy_table="llm_cache",
+                migrations={0: unchanged},
+            )
 
     def __repr__(self) -> str:
         return f"ResponseCache(path={self.path!r}, hits={self.hits}, misses={self.misses})"

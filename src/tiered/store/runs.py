@@ -2,20 +2,20 @@
 
 One store file holds one run (tables prefixed ``run_``; other components, such as the
 response cache, add their own tables to the same file). A checkpoint is written in ONE
-transaction: the stream offset, the committed byte length of every output file, the
-run's counters, the pickled learner state and the history rows since the last
-checkpoint. Either all of it is committed or none, so after SIGKILL the store always
-describes a consistent point of the run.
+transaction: the position of the source and of every sink (opaque JSON tokens: a record
+offset and byte lengths for files, a stream id for a stream), the run's counters, the
+learner state (arrays + JSON) and the history rows since the last checkpoint. Either all of it is
+committed or none, so after SIGKILL the store always describes a consistent point of the
+run.
 
 The run's identity (a hash of its config, its input and output paths) is stored when the
 run starts; resuming with a different identity is refused with a :class:`StoreError`
-that suggests ``--fresh``.
+that suggests ``--fresh``; so is a store written with an older schema.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -25,8 +25,10 @@ from typing import IO, Any
 
 from tiered.errors import StoreError
 from tiered.store.sqlite import connect
+from tiered.store.state import decode_state, encode_state
 
-SCHEMA_VERSION = 1
+# 2: positions as one JSON map of opaque tokens (1 had integer offset/byte-length columns)
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS run_meta (
@@ -36,10 +38,7 @@ CREATE TABLE IF NOT EXISTS run_meta (
 CREATE TABLE IF NOT EXISTS run_checkpoint (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seq INTEGER NOT NULL,
-    stream_offset INTEGER NOT NULL,
-    output_bytes INTEGER NOT NULL,
-    reject_bytes INTEGER NOT NULL,
-    replay_bytes INTEGER NOT NULL,
+    positions TEXT NOT NULL,
     counters TEXT NOT NULL,
     learner BLOB,
     created_at REAL NOT NULL
@@ -74,14 +73,15 @@ class RunIdentity:
 
 @dataclass(slots=True)
 class Checkpoint:
-    """A consistent point of a run: where the stream is, what is durable, what was learned."""
+    """A consistent point of a run: where the stream is, what is durable, what was learned.
 
-    offset: int = 0
-    output_bytes: int = 0
-    reject_bytes: int = 0
-    replay_bytes: int = 0
+    ``positions`` maps a role (``source``, ``output``, ``rejects``, ``replay``) to that
+    endpoint's position token: any JSON value, meaningful only to the endpoint itself.
+    """
+
+    positions: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, Any] = field(default_factory=dict)
-    learner: Any = None  # the learner's state_dict (pickled in the store)
+    learner: Any = None  # the learner's state_dict (arrays + JSON in the store)
     seq: int = 0
     created_at: float = 0.0
 
@@ -110,30 +110,48 @@ class RunStore:
             return None
         return RunIdentity(meta["config_hash"], meta.get("input", ""), meta.get("output", ""))
 
-    def start(
-        self, identity: RunIdentity, *, fresh: bool = False, config: dict[str, Any] | None = None
-    ) -> Checkpoint | None:
-        """Begin a run, or resume it: return its last checkpoint (None when starting).
+    def schema_version(self) -> int | None:
+        """The schema the saved run was written with (None when the store holds no run)."""
+        meta = self._meta()
+        if "config_hash" not in meta:
+            return None
+        try:
+            return int(meta.get("schema_version", "0"))
+        except ValueError:
+            return 0
 
-        Raises :class:`StoreError` when the store holds a *different* run and ``fresh``
-        is false; with ``fresh`` the saved run is discarded.
+    def _check_schema(self) -> None:
+        version = self.schema_version()
+        if version is not None and version != SCHEMA_VERSION:
+            raise StoreError(
+                f"the state store {self.path} was written by another tiered version "
+                f"(schema {version}, this one reads {SCHEMA_VERSION}); pass --fresh to "
+                "discard its saved state and start over, or use another --store"
+            )
+
+    def saved_run(self, identity: RunIdentity, *, fresh: bool = False) -> Checkpoint | None:
+        """The last checkpoint of the run to resume, or None when a new run must begin.
+
+        A saved run without a checkpoint yet resumes from an empty :class:`Checkpoint`.
+        Raises :class:`StoreError` when the store holds a *different* run or one written
+        with another schema, unless ``fresh`` (then the caller will :meth:`begin` anew).
         """
+        if fresh:
+            return None
         saved = self.identity()
-        if saved is not None and not fresh:
-            if saved != identity:
-                raise StoreError(
-                    f"the state store {self.path} holds a different run "
-                    f"({identity.describe_difference(saved)}); pass --fresh to discard its "
-                    "saved state and start over, or use another --store"
-                )
-            meta = self._meta()
-            if int(meta.get("schema_version", "0")) != SCHEMA_VERSION:
-                raise StoreError(
-                    f"the state store {self.path} was written by another tiered version "
-                    f"(schema {meta.get('schema_version')}, this one reads {SCHEMA_VERSION}); "
-                    "pass --fresh to start over"
-                )
-            return self.latest()
+        if saved is None:
+            return None
+        self._check_schema()
+        if saved != identity:
+            raise StoreError(
+                f"the state store {self.path} holds a different run "
+                f"({identity.describe_difference(saved)}); pass --fresh to discard its "
+                "saved state and start over, or use another --store"
+            )
+        return self.latest() or Checkpoint()
+
+    def begin(self, identity: RunIdentity, *, config: dict[str, Any] | None = None) -> None:
+        """Discard whatever the store holds and record a new run (an old schema's tables too)."""
         meta = {
             "schema_version": str(SCHEMA_VERSION),
             "config_hash": identity.config_hash,
@@ -144,13 +162,23 @@ class RunStore:
         }
         try:
             with self._transaction():
-                self.conn.execute("DELETE FROM run_meta")
-                self.conn.execute("DELETE FROM run_checkpoint")
-                self.conn.execute("DELETE FROM run_history")
+                for table in ("run_meta", "run_checkpoint", "run_history"):
+                    self.conn.execute(f"DROP TABLE IF EXISTS {table}")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
                 self.conn.executemany("INSERT INTO run_meta VALUES (?, ?)", meta.items())
         except sqlite3.Error as exc:
             raise StoreError(f"cannot start a run in {self.path}: {exc}") from exc
-        return None
+
+    def start(
+        self, identity: RunIdentity, *, fresh: bool = False, config: dict[str, Any] | None = None
+    ) -> Checkpoint | None:
+        """Resume the saved run (return its last checkpoint) or :meth:`begin` one (None)."""
+        saved = self.saved_run(identity, fresh=fresh)
+        if saved is None:
+            self.begin(identity, config=config)
+        return saved
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -163,20 +191,18 @@ class RunStore:
         cp.created_at = time.time()
         blob = None
         if cp.learner is not None:
-            # not compressed: learned float weights barely shrink (5 MB -> 3.5 MB for a
-            # hashed n-gram stage) and zlib took longer than the whole commit
-            blob = pickle.dumps(cp.learner, protocol=pickle.HIGHEST_PROTOCOL)
+            # arrays + JSON, never a pickle: loading a store must not run code. Not
+            # compressed: learned float weights barely shrink (5 MB -> 3.5 MB for a hashed
+            # n-gram stage) and zlib took longer than the whole commit
+            blob = encode_state(cp.learner)
         rows = [(int(r["n"]), json.dumps(r, default=float)) for r in history]
         try:
             with self._transaction():
                 self.conn.execute(
-                    "INSERT OR REPLACE INTO run_checkpoint VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO run_checkpoint VALUES (1, ?, ?, ?, ?, ?)",
                     (
                         cp.seq,
-                        cp.offset,
-                        cp.output_bytes,
-                        cp.reject_bytes,
-                        cp.replay_bytes,
+                        json.dumps(cp.positions, sort_keys=True),
                         json.dumps(cp.counters, default=float),
                         blob,
                         cp.created_at,
@@ -190,27 +216,25 @@ class RunStore:
 
     def latest(self, *, with_learner: bool = True) -> Checkpoint | None:
         """The last committed checkpoint (None before the first one)."""
+        self._check_schema()
         row = self.conn.execute(
-            "SELECT seq, stream_offset, output_bytes, reject_bytes, replay_bytes, counters, "
+            "SELECT seq, positions, counters, "
             f"{'learner' if with_learner else 'NULL'}, created_at FROM run_checkpoint WHERE id = 1"
         ).fetchone()
         if row is None:
             return None
-        seq, offset, out_b, rej_b, rep_b, counters, blob, created = row
+        seq, positions, counters, blob, created = row
         learner = None
         if blob is not None:
             try:
-                learner = pickle.loads(blob)
-            except Exception as exc:  # any unpickling failure means the state is unusable
+                learner = decode_state(blob, what="the learned state")
+            except StoreError as exc:
                 raise StoreError(
-                    f"cannot load the learned state saved in {self.path} ({type(exc).__name__}: "
-                    f"{exc}); it may come from another tiered version: pass --fresh to start over"
+                    f"cannot load the learned state saved in {self.path} ({exc}); it may come "
+                    "from another tiered version: pass --fresh to start over"
                 ) from exc
         return Checkpoint(
-            offset=offset,
-            output_bytes=out_b,
-            reject_bytes=rej_b,
-            replay_bytes=rep_b,
+            positions=json.loads(positions),
             counters=json.loads(counters),
             learner=learner,
             seq=seq,

@@ -3,7 +3,7 @@
 >>> est = QualityEstimator().fit(log)                       # doctest: +SKIP
 >>> est.exante(items)            # (n, m): P(model j correct | query)      # doctest: +SKIP
 >>> est.posthoc(items, "llama3.1-8b", answers, earlier)     # doctest: +SKIP
->>> est.save("cascade.estimator.joblib")                     # doctest: +SKIP
+>>> est.save("cascade.estimator.json")   # and cascade.estimator.npz  # doctest: +SKIP
 
 - **ex-ante** ``P(correct | query)``: hashed query n-grams, task/subject, length
   (optionally a MiniLM embedding). Used to skip a stage before paying for it and to route.
@@ -27,26 +27,22 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import nnls
 
+from tiered.calibrate.learned.features import EMBED_DIM, FeatureSpec, Featurizer, query_numbers
+from tiered.calibrate.learned.heads import Calibration, CalibrationKind, Head, HeadKind, logit
 from tiered.core.answers import AnswerBatch
 from tiered.core.items import Item
 from tiered.core.rules import normalize_answer
 from tiered.core.signals import available_signals, read_signal
 from tiered.errors import ConfigError
 from tiered.replay.log import ReplayLog
-from tiered.calibrate.learned.features import EMBED_DIM, FeatureSpec, Featurizer, query_numbers
-from tiered.calibrate.learned.heads import Calibration, CalibrationKind, Head, HeadKind, logit
 
-FORMAT = "tiered.calibrate.learned.QualityEstimator"
-FORMAT_VERSION = 1
 _KEY = "routing.key"
 
 
@@ -536,63 +532,19 @@ class QualityEstimator:
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the estimator (joblib) with a format and scikit-learn version header."""
-        import joblib
-        import sklearn
+        """Write the estimator to ``path`` (``.json``) and its arrays to the ``.npz`` next
+        to it (:mod:`tiered.calibrate.learned.saved`: arrays + JSON, no pickle)."""
+        from tiered.calibrate.learned.saved import save_estimator
 
-        for h in (*self.exante_heads, *self.posthoc_heads):
-            h.compact()
-        p = Path(path)
-        joblib.dump(
-            {
-                "format": FORMAT,
-                "version": FORMAT_VERSION,
-                "sklearn": sklearn.__version__,
-                "estimator": self,
-            },
-            p,
-            compress=3,
-        )
-        return p
+        return save_estimator(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> QualityEstimator:
-        """Read a saved estimator; a different format or scikit-learn version is refused.
+        """Read a saved estimator; a file in another format or version is refused
+        (loading never runs code from the file)."""
+        from tiered.calibrate.learned.saved import load_estimator_file
 
-        Only load files you trust: the format is a pickle.
-        """
-        import joblib
-        import sklearn
-
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError("quality estimator file not found", path=p)
-        with warnings.catch_warnings():
-            # our own check below says the same thing, as one clear error
-            warnings.simplefilter("ignore")
-            try:
-                data: Any = joblib.load(p)
-            except Exception as exc:
-                raise ConfigError(f"not a readable quality estimator: {exc}", path=p) from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ConfigError("not a tiered quality estimator file", path=p)
-        if data.get("version") != FORMAT_VERSION:
-            raise ConfigError(
-                f"quality estimator format version {data.get('version')} is not supported "
-                f"(this tiered reads version {FORMAT_VERSION}); refit it",
-                path=p,
-            )
-        if data.get("sklearn") != sklearn.__version__:
-            raise ConfigError(
-                f"quality estimator was saved with scikit-learn {data.get('sklearn')}, this is "
-                f"{sklearn.__version__}; refit it (pickles do not move across versions)",
-                path=p,
-            )
-        est = data["estimator"]
-        if not isinstance(est, cls):
-            raise ConfigError("not a tiered quality estimator file", path=p)
-        est.token = uuid.uuid4().hex
-        return est
+        return load_estimator_file(path)
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "QualityEstimator", "item_key", "normalise"]
+__all__ = ["QualityEstimator", "item_key", "normalise"]

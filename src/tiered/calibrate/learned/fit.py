@@ -1,7 +1,7 @@
 """Fit cascade routing on a replay log and write it as a cascade file.
 
 >>> fit = fit_cascade_routing(log, min_quality="top*0.95")     # doctest: +SKIP
->>> fit.save("cascade.yaml")   # also writes cascade.estimator.joblib next to it  # doctest: +SKIP
+>>> fit.save("cascade.yaml")   # and cascade.estimator.json/.npz next to it  # doctest: +SKIP
 
 Every model of the log becomes a stage (cheapest first); each non-final stage gets the
 ``cascade_route`` rule as its gate and its stop rule, with λ fitted so the objective holds
@@ -73,7 +73,7 @@ class RoutingFit:
         return self.fit.cost / self.top_cost if self.top_cost > 0 else float("nan")
 
     def save(self, path: str | Path) -> Path:
-        """Write the cascade file and, next to it, ``<stem>.estimator.joblib``."""
+        """Write the cascade file and, next to it, ``<stem>.estimator.json`` and ``.npz``."""
         self.spec.save(path)
         return Path(path)
 

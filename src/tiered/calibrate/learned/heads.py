@@ -205,4 +205,125 @@ class _Const:
         return np.full(X.shape[0], float(logit(np.array([self.p]))[0]))
 
 
-__all__ = ["Calibration", "CalibrationKind", "Head", "HeadKind", "log_loss", "logit", "sigmoid"]
+# -- saving: plain data (arrays + JSON, see tiered.store.state), never a pickle ----------
+
+_SKLEARN: dict[str, type[Any]] = {
+    "SGDClassifier": SGDClassifier,
+    "MLPClassifier": MLPClassifier,
+    "IsotonicRegression": IsotonicRegression,
+}
+# made again on loading: from the other attributes, or at the next fit
+_REBUILT = frozenset({"_loss_function_", "_label_binarizer", "_random_state", "_optimizer", "f_"})
+
+
+def _sklearn_state(est: Any) -> dict[str, Any]:
+    """A fitted scikit-learn object as its parameters and fitted arrays and numbers."""
+    name = type(est).__name__
+    if _SKLEARN.get(name) is not type(est):
+        raise TypeError(f"cannot save a {type(est).__qualname__} as a quality estimator part")
+    params = est.get_params(deep=False)
+    fitted = {k: v for k, v in vars(est).items() if k not in params and k not in _REBUILT}
+    state: dict[str, Any] = {"class": name, "params": params, "fitted": fitted}
+    opt = getattr(est, "_optimizer", None)
+    if opt is not None:  # Adam's moments: online learning after loading goes on as before
+        if type(opt).__name__ != "AdamOptimizer":
+            raise TypeError(f"cannot save an MLP with a {type(opt).__name__}")
+        state["adam"] = {"t": opt.t, "ms": opt.ms, "vs": opt.vs, "learning_rate": opt.learning_rate}
+    return state
+
+
+def _sklearn_from_state(state: dict[str, Any]) -> Any:
+    cls = _SKLEARN[state["class"]]
+    est = cls(**state["params"])
+    for k, v in state["fitted"].items():
+        if not k.isidentifier() or k.startswith("__") or k in state["params"] or k in _REBUILT:
+            raise ValueError(f"unexpected attribute {k!r} of a {state['class']}")
+        setattr(est, k, v)
+    if isinstance(est, IsotonicRegression):
+        est._build_f(est.X_thresholds_, est.y_thresholds_)
+    if isinstance(est, MLPClassifier) and hasattr(est, "classes_"):
+        from sklearn.preprocessing import LabelBinarizer
+
+        est._label_binarizer = LabelBinarizer().fit(est.classes_)
+    if "adam" in state:
+        from sklearn.neural_network._stochastic_optimizers import AdamOptimizer
+
+        a = state["adam"]
+        opt = AdamOptimizer(
+            est.coefs_ + est.intercepts_,
+            est.learning_rate_init,
+            est.beta_1,
+            est.beta_2,
+            est.epsilon,
+        )
+        opt.t, opt.learning_rate = int(a["t"]), float(a["learning_rate"])
+        opt.ms, opt.vs = list(a["ms"]), list(a["vs"])
+        est._optimizer = opt
+    return est
+
+
+def _learner_state(learner: Any) -> dict[str, Any]:
+    if isinstance(learner, _Const):
+        return {"class": "const", "p": learner.p}
+    return _sklearn_state(learner)
+
+
+def _learner_from_state(state: dict[str, Any]) -> Any:
+    if state["class"] == "const":
+        return _Const(float(state["p"]))
+    return _sklearn_from_state(state)
+
+
+def head_state(head: Head) -> dict[str, Any]:
+    """``head`` as plain data: learners as their parameters, arrays and numbers."""
+    cal = head.calibration
+    return {
+        "kind": head.kind,
+        "seed": head.seed,
+        "alpha": head.alpha,
+        "const": head.const,
+        "n_seen": head.n_seen,
+        "calibration": {
+            "method": cal.method,
+            "a": cal.a,
+            "b": cal.b,
+            "iso": None if cal.iso is None else _sklearn_state(cal.iso),
+        },
+        "learner": None if head.learner is None else _learner_state(head.learner),
+        "folds": [_learner_state(f) for f in head.folds],
+    }
+
+
+def head_from_state(state: dict[str, Any]) -> Head:
+    """The head :func:`head_state` saved (every learner rebuilt from its arrays)."""
+    cal = state["calibration"]
+    if state["kind"] not in ("logistic", "mlp") or cal["method"] not in ("sigmoid", "isotonic"):
+        raise ValueError(f"unknown head kind {state['kind']!r} or calibration {cal['method']!r}")
+    return Head(
+        kind=state["kind"],
+        calibration=Calibration(
+            method=cal["method"],
+            a=float(cal["a"]),
+            b=float(cal["b"]),
+            iso=None if cal["iso"] is None else _sklearn_from_state(cal["iso"]),
+        ),
+        seed=int(state["seed"]),
+        alpha=float(state["alpha"]),
+        learner=None if state["learner"] is None else _learner_from_state(state["learner"]),
+        folds=[_learner_from_state(f) for f in state["folds"]],
+        const=None if state["const"] is None else float(state["const"]),
+        n_seen=int(state["n_seen"]),
+    )
+
+
+__all__ = [
+    "Calibration",
+    "CalibrationKind",
+    "Head",
+    "HeadKind",
+    "head_from_state",
+    "head_state",
+    "log_loss",
+    "logit",
+    "sigmoid",
+]

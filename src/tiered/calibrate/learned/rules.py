@@ -4,8 +4,8 @@
 stages:
   - name: mixtral-8x7b-instruct
     model: {kind: replay, model: mixtral-8x7b-instruct}
-    gate: {kind: exante_gate, estimator: cascade.estimator.joblib, threshold: 0.35}
-    rule: {kind: scorer, estimator: cascade.estimator.joblib, threshold: 0.62}
+    gate: {kind: exante_gate, estimator: cascade.estimator.json, threshold: 0.35}
+    rule: {kind: scorer, estimator: cascade.estimator.json, threshold: 0.62}
   - name: gpt-4-1106-preview
     model: {kind: replay, model: gpt-4-1106-preview}
 ```
@@ -26,17 +26,47 @@ relative to the cascade file; building the cascade loads it once for all stages.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 from pydantic import Field, PrivateAttr
 
+from tiered.calibrate.learned.estimator import QualityEstimator
+from tiered.calibrate.learned.policy import Router
 from tiered.core.answers import AnswerBatch
 from tiered.core.rules import DeferralRule, RuleContext
 from tiered.errors import ConfigError
-from tiered.calibrate.learned.estimator import QualityEstimator
-from tiered.calibrate.learned.policy import Router
+
+
+@functools.cache
+def _example_estimator() -> QualityEstimator:
+    """A small estimator for the contract checks' stages (:mod:`tiered.checks.rules`: the
+    checked stage and an earlier one), fitted on a synthetic log where the earlier stage is
+    right when the query mentions an apple."""
+    from tiered.checks.rules import CHECKED_STAGE, EARLIER_STAGE, sample_items
+    from tiered.replay.log import ReplayLog
+
+    n = 120
+    items = sample_items(n, seed=99)
+    rng = np.random.default_rng(99)
+    easy = np.array(["apple" in it.text for it in items])
+    quality = np.column_stack([easy | (rng.random(n) < 0.2), rng.random(n) < 0.85])
+    answers = np.array([[str(x) for x in rng.choice(["a", "b", "c"], size=2)] for _ in range(n)])
+    log = ReplayLog(
+        ids=[it.id for it in items],
+        models=[EARLIER_STAGE, CHECKED_STAGE],
+        present=np.ones((n, 2), dtype=bool),
+        quality=quality.astype(float),
+        cost=np.column_stack([np.full(n, 1e-4), np.full(n, 1e-3)]),
+        latency_ms=np.full((n, 2), 10.0),
+        answers=answers.astype(object),
+        tasks=[None] * n,
+        inputs=[it.text for it in items],
+        references=[None] * n,
+    )
+    return QualityEstimator(folds=2, alphas=(1e-3,)).fit(log)
 
 
 def load_estimator(path: str | Path, resources: dict[str, Any] | None = None) -> QualityEstimator:
@@ -57,7 +87,7 @@ class EstimatorRule(DeferralRule):
     estimator: str | None = None  # saved estimator, relative to the cascade file
     _est: QualityEstimator | None = PrivateAttr(default=None)
 
-    def with_estimator(self, est: QualityEstimator) -> Any:
+    def with_estimator(self, est: QualityEstimator) -> Self:
         """A copy of this rule that uses ``est`` (the ``estimator`` path is kept for saving)."""
         bound = self.model_copy()
         bound._est = est
@@ -80,7 +110,7 @@ class EstimatorRule(DeferralRule):
         name = saved.get(id(est))
         if name is None:
             suffix = "" if not saved else f"-{len(saved) + 1}"
-            name = f"{path.stem}{suffix}.estimator.joblib"
+            name = f"{path.stem}{suffix}.estimator.json"  # and its .npz
             est.save(path.parent / name)
             saved[id(est)] = name
         bound = self.model_copy(update={"estimator": name})
@@ -116,6 +146,13 @@ class ScorerThreshold(EstimatorRule):
     def signals_needed(self) -> set[str]:
         return set()
 
+    def describe(self) -> str:
+        return f"scorer P(correct | answer) >= {self.threshold:.4g}"
+
+    @classmethod
+    def examples(cls) -> list[Self]:
+        return [cls(threshold=0.5).with_estimator(_example_estimator())]
+
 
 class ExAnteGate(EstimatorRule):
     """Run the stage only where the ex-ante P(correct | query) is at least ``threshold``."""
@@ -135,6 +172,18 @@ class ExAnteGate(EstimatorRule):
     def accept(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
         # as a plain rule: trust the answer where the query looked easy for this model
         return self.admit(ctx)
+
+    def describe(self) -> str:
+        to = ", else to the last stage" if self.on_reject == "last" else ""
+        return f"P(correct | query) >= {self.threshold:.4g}{to}"
+
+    @classmethod
+    def examples(cls) -> list[Self]:
+        est = _example_estimator()
+        return [
+            cls(threshold=0.5).with_estimator(est),
+            cls(threshold=0.3, on_reject="last").with_estimator(est),
+        ]
 
 
 class CascadeRoute(EstimatorRule):
@@ -172,6 +221,16 @@ class CascadeRoute(EstimatorRule):
         # earlier stages are in order: name them by the estimator's models
         earlier = {self.models[i]: labels for i, labels in enumerate(ctx.earlier.values())}
         return self.router().accept(ctx.items, ctx.stage_index, answers, earlier)
+
+    def describe(self) -> str:
+        return f"cascade routing, λ={self.lam:.4g}/USD"
+
+    @classmethod
+    def examples(cls) -> list[Self]:
+        from tiered.checks.rules import CHECKED_STAGE, EARLIER_STAGE
+
+        rule = cls(models=[EARLIER_STAGE, CHECKED_STAGE], lam=100.0)
+        return [rule.with_estimator(_example_estimator())]
 
 
 __all__ = ["CascadeRoute", "EstimatorRule", "ExAnteGate", "ScorerThreshold", "load_estimator"]

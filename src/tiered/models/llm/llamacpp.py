@@ -46,7 +46,8 @@ from tiered.core.model import ModelTags
 from tiered.core.spec import BuildContext, register_model
 from tiered.errors import ConfigError, ModelError
 from tiered.models._params import check_labels, check_words, spec_from_kwargs, spec_from_mapping
-from tiered.models.llama_server import default_gguf
+from tiered.models.llm.labels import LabelSet
+from tiered.models.llm.llama_server import default_gguf
 
 
 class Demo(BaseModel):
@@ -156,8 +157,9 @@ class LlamaCpp:
         spec = spec_from_kwargs(LlamaCppSpec, spec, params)
         self.spec = spec
         self.name = spec.name or "llamacpp"
-        self.classes = tuple(spec.labels)
-        self.words = tuple(spec.words.get(x, x) for x in spec.labels)
+        self.label_set = LabelSet(spec.labels, spec.words)
+        self.classes = self.label_set.labels
+        self.words = self.label_set.words
         self.tags = ModelTags(gives_probabilities=True)
         self._engine: _Engine | None = None
         self._label_ids = np.zeros(0, dtype=np.intp)
@@ -184,9 +186,11 @@ class LlamaCpp:
         """The text shared by every prompt: instruction and demos."""
         s = self.spec
         space = "" if s.template[-1:].isspace() else " "
-        demo_word = dict(zip(self.classes, self.words, strict=True))
         shots = "".join(
-            s.template.replace("{input}", d.input) + space + demo_word[d.label] + s.separator
+            s.template.replace("{input}", d.input)
+            + space
+            + self.label_set.word_of(d.label)
+            + s.separator
             for d in s.demos
         )
         return s.instruction + shots
@@ -267,6 +271,10 @@ class LlamaCpp:
         return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
 
     # ------------------------------------------------------------------ answering
+
+    def worst_case_cost(self, items: Sequence[Item]) -> float:
+        """Nothing: a local model costs no money per call."""
+        return 0.0
 
     def predict(self, items: Sequence[Item]) -> AnswerBatch:
         n = len(items)

@@ -1,0 +1,331 @@
+"""Scale-out on Redis Streams: workers per second, Redis overhead, one target for a fleet.
+
+    .venv/bin/python benchmarks/scale.py                          # all three parts
+    .venv/bin/python benchmarks/scale.py --part scaling --workers 1 2 4 --items 2000
+    .venv/bin/python benchmarks/scale.py --part overhead --items 20000
+    .venv/bin/python benchmarks/scale.py --part fleet --seeds 2
+
+Every part starts its own redis-server on loopback (:mod:`tiered.testing.redis_server`)
+and runs real ``tiered run`` worker processes (one consumer group, one output stream).
+
+- **scaling**: N workers; the expert is an OpenAI-compatible stage behind a loopback fake
+  LLM (:class:`tiered.testing.FakeUpstream`) that answers every request after 50 ms,
+  at most 4 requests in flight per worker; ``mu = 0`` sends every item to the expert,
+  so a worker is I/O-bound (it waits on the expert) and the rate measures how workers
+  add up. Items/s count from the moment every worker has joined the group (start-up
+  excluded) to the last output entry. Target: N workers >= 0.8 x N x one worker.
+- **overhead**: the Redis part of a run alone, in one process, no cascade: read entries
+  through the consumer group, write the answers (dedupe + ack + fleet counters in one
+  Lua step), share the expert labels; milliseconds per item. Target: < 0.5 ms.
+- **fleet**: HEADLINES (``../shared/data/text/headlines_{train,test}.jsonl``, 10k gold
+  price headlines, the label column as expert), hashed n-gram stage, target agreement
+  0.96: one worker, then three on the same stream. Printed: the true agreement of the
+  output with the expert on every item, the expert share, and the fleet's own estimate
+  with its 95% interval, from the shared counters every worker steers by.
+
+The machine may be shared: rates are wall clock, so run it on an idle machine to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import redis
+
+from tiered.core import Item
+from tiered.io.redis_streams import RedisStreamSink, RedisStreamSource, decode_output_entry
+from tiered.io.redis_url import parse_stream_url
+from tiered.io.sinks import decision_row
+from tiered.io.sources import FieldMap
+from tiered.online import estimate_agreement
+from tiered.runner.fleet import Fleet, tally_row
+from tiered.testing import FakeUpstream, sentiment_responder
+from tiered.testing.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "text"
+TIERED = str(Path(sys.executable).with_name("tiered"))
+WORDS = {"good": ["good", "fine", "great"], "bad": ["bad", "poor", "awful"]}
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+
+def start_workers(url: str, config: Path, n: int, cwd: Path, *extra: str) -> list[Any]:
+    procs = []
+    for i in range(n):
+        src = f"{url}/in?group=g&consumer=w{i}&block=0.2"
+        args = [TIERED, "run", str(config), src, "-o", f"{url}/out", "--no-progress", *extra]
+        procs.append(
+            subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        )
+    return procs
+
+
+def wait_joined(r: redis.Redis, n: int, procs: list[Any], timeout_s: float = 120) -> None:
+    """Until every worker has read from the group once (start-up done)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for p in procs:
+            if p.poll() is not None:
+                raise SystemExit(f"a worker ended: {p.stdout.read().decode()[-2000:]}")
+        try:
+            if len(r.xinfo_consumers("in", "g")) >= n:
+                return
+        except redis.ResponseError:
+            pass  # no group yet
+        if time.monotonic() > deadline:
+            raise SystemExit("the workers did not start")
+        time.sleep(0.05)
+
+
+def wait_output(r: redis.Redis, n: int, procs: list[Any], timeout_s: float = 600) -> float:
+    deadline = time.monotonic() + timeout_s
+    while r.xlen("out") < n:
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise SystemExit(f"only {r.xlen('out')} of {n} answers came")
+        time.sleep(0.01)
+    return time.perf_counter()
+
+
+def stop(procs: list[Any]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGTERM)  # stops at the next batch, after a checkpoint
+    for p in procs:
+        p.wait(timeout=60)
+        p.stdout.close()
+
+
+def add(r: redis.Redis, records: Sequence[dict[str, str]]) -> None:
+    pipe = r.pipeline(transaction=False)
+    for rec in records:
+        pipe.xadd("in", rec)
+    pipe.execute()
+
+
+def run_fleet(
+    config: str, records: Sequence[dict[str, str]], n: int
+) -> tuple[float, list[dict[str, Any]], dict[str, int]]:
+    """``n`` workers with ``config`` on a fresh Redis: start them, wait until all joined,
+    add ``records``, wait for every answer. Returns (seconds from the records added to the
+    last answer, the output rows, the fleet's shared counters)."""
+    with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "run.yaml"
+        cfg.write_text(config)
+        r = redis.Redis.from_url(server.url, decode_responses=True)
+        procs = start_workers(server.url, cfg, n, Path(tmp))
+        try:
+            wait_joined(r, n, procs)
+            add(r, records)
+            t0 = time.perf_counter()
+            wall = wait_output(r, len(records), procs) - t0
+        finally:
+            stop(procs)
+        rows = [decode_output_entry(f) for _, f in r.xrange("out")]
+        counts = {k: int(v) for k, v in r.hgetall("out:fleet").items()}
+        r.close()
+    return wall, rows, counts
+
+
+# -- scaling ----------------------------------------------------------------------------------
+
+
+def synthetic(n: int, seed: int = 0) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        kind = rng.choice(["good", "bad"])
+        text = " ".join(rng.choice(WORDS[kind]) for _ in range(3)) + f" film number {i}"
+        out.append({"id": f"r{i}", "text": text})
+    return out
+
+
+def scaling(workers: Sequence[int], n_items: int) -> None:
+    print(f"\nscaling: {n_items:,} items, expert = fake LLM answering in 50 ms, 4 in flight")
+    print(f"{'workers':>8} {'items/s':>9} {'vs 1 worker':>12} {'target':>8}")
+    base: float | None = None
+    with FakeUpstream(sentiment_responder, record=False) as llm:
+        config = (
+            "input: {id_field: id}\n"
+            "cheap: [{kind: hashed_ngram}]\n"
+            "expert:\n"
+            "  model: {kind: openai, base_url: '" + llm.base_url + "', model: slow-50,\n"
+            "          api_key_env: null, labels: [good, bad],\n"
+            "          words: {good: positive, bad: negative}, max_concurrency: 4,\n"
+            "          cache: false, max_retries: 0}\n"
+            "  usd_per_call: 0.001\n"
+            "online: {mu: 0.0}\n"
+            "batch_size: 32\n"
+        )
+        for n in workers:
+            wall, _, _ = run_fleet(config, synthetic(n_items), n)
+            rate = n_items / wall
+            base = base or rate
+            ratio = rate / base
+            ok = "ok" if n == 1 or ratio >= 0.8 * n else "MISSED"
+            print(f"{n:>8} {rate:>9.1f} {ratio:>11.2f}x {f'{0.8 * n:.1f}x ' + ok:>8}")
+
+
+# -- overhead ---------------------------------------------------------------------------------
+
+
+class _NoLearning:
+    def learn_labels(self, items: Sequence[Item], labels: Sequence[str]) -> None:
+        """Only the Redis traffic of sharing labels is measured."""
+
+
+def overhead(n_items: int, batch_size: int = 256) -> None:
+    print(f"\noverhead: Redis alone, {n_items:,} items, batches of {batch_size}, one process")
+    with RedisServer() as server:
+        r = redis.Redis.from_url(server.url, decode_responses=True)
+        raw = redis.Redis.from_url(server.url)
+        add(r, [{"id": f"r{i}", "text": f"headline number {i} about gold"} for i in range(n_items)])
+        url = parse_stream_url(f"{server.url}/in?group=g&consumer=a&block=0", role="input")
+        src = RedisStreamSource(url, FieldMap(id_field="id"), exit_when_idle=0.0)
+        fleet = Fleet(r, raw, "out", "a", "bench", snapshot_every_s=float("inf"))
+        fleet.cascade = _NoLearning()  # type: ignore[assignment]
+        sink = RedisStreamSink(
+            r, "out", "out:done", ack=("in", "g"), tally=tally_row, tally_key="out:fleet",
+            on_totals=fleet.on_totals,
+        )  # fmt: skip
+        rng = random.Random(0)
+        timing = {"read": 0.0, "write": 0.0, "share": 0.0}
+        t = time.perf_counter()
+        for batch in src.batches(batch_size=batch_size):
+            now = time.perf_counter()
+            timing["read"] += now - t
+            if not batch.items:
+                break
+            decisions = []
+            for it in batch.items:  # about the expert share of a learned cascade
+                up = rng.random() < 0.3
+                decisions.append(
+                    SimpleNamespace(
+                        id=it.id, label="up", stage="expert" if up else "ngram",
+                        confidence=1.0 if up else 0.9, cost=0.002 if up else 0.0,
+                        audited=False, expert_label="up" if up else None, cheap_label=None,
+                    )
+                )  # fmt: skip
+            rows = [
+                decision_row(d.id, d.label, d.stage, d.confidence, d.cost, d.audited,
+                             d.expert_label, d.cheap_label)
+                for d in decisions
+            ]  # fmt: skip
+            t1 = time.perf_counter()
+            sink.write(rows, batch.end)
+            t2 = time.perf_counter()
+            fleet.after_batch(batch.items, decisions)  # type: ignore[arg-type]
+            t = time.perf_counter()
+            timing["write"] += t2 - t1
+            timing["share"] += t - t2
+        assert r.xlen("out") == n_items and r.xpending("in", "g")["pending"] == 0
+        r.close()
+        raw.close()
+        src.close()
+    total = sum(timing.values())
+    per = {k: 1000 * v / n_items for k, v in timing.items()}
+    print(f"{'read':>8} {'write':>8} {'share':>8} {'total':>8}   (ms per item)")
+    print(
+        f"{per['read']:>8.4f} {per['write']:>8.4f} {per['share']:>8.4f} "
+        f"{1000 * total / n_items:>8.4f}   target < 0.5 ms: "
+        f"{'ok' if 1000 * total / n_items < 0.5 else 'MISSED'}"
+    )
+
+
+# -- fleet ------------------------------------------------------------------------------------
+
+
+def headlines() -> list[dict[str, str]]:
+    rows = []
+    for split in ("train", "test"):
+        with open(DATA / f"headlines_{split}.jsonl", encoding="utf-8") as f:
+            rows += [json.loads(line) for line in f if line.strip()]
+    return [{"id": str(r["id"]), "text": r["text"], "label": str(r["label"])} for r in rows]
+
+
+def fleet_run(records: list[dict[str, str]], n: int, seed: int, target: float) -> dict[str, Any]:
+    truth = {rec["id"]: rec["label"] for rec in records}
+    config = (
+        "input: {id_field: id}\n"
+        "cheap: [{kind: hashed_ngram}]\n"
+        "expert: {model: {kind: label_column, field: label}, usd_per_call: 0.002}\n"
+        f"online: {{target_agreement: {target}}}\n"
+        f"seed: {seed}\n"
+    )
+    wall, rows, counts = run_fleet(config, records, n)
+    n_expert = counts.get("stage:expert", 0)
+    n_all = sum(v for k, v in counts.items() if k.startswith("stage:"))
+    est = estimate_agreement(
+        n_expert,
+        n_all - n_expert,
+        counts.get("audits", 0),
+        counts.get("agree", 0),
+        confidence=0.95,
+        method="wilson",
+    )
+    return {
+        "true": statistics.fmean(row["label"] == truth[row["id"]] for row in rows),
+        "share": counts.get("called", 0) / len(rows),
+        "estimate": est.agreement,
+        "low": est.low,
+        "high": est.high,
+        "items_s": len(rows) / wall,
+    }
+
+
+def fleet(seeds: int, target: float) -> None:
+    records = headlines()
+    print(f"\nfleet: HEADLINES, {len(records):,} headlines, target {target}, {seeds} seed(s)")
+    print(
+        f"{'workers':>8} {'seed':>5} {'true agr.':>10} {'expert share':>13} "
+        f"{'fleet estimate [95% interval]':>31} {'items/s':>8}"
+    )
+    for n in (1, 3):
+        got = []
+        for seed in range(seeds):
+            m = fleet_run(records, n, seed, target)
+            got.append(m)
+            interval = f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
+            print(
+                f"{n:>8} {seed:>5} {m['true']:>10.3f} {m['share']:>12.1%} "
+                f"{interval:>31} {m['items_s']:>8.0f}"
+            )
+        if seeds > 1:
+            mean_true = statistics.fmean(m["true"] for m in got)
+            mean_share = statistics.fmean(m["share"] for m in got)
+            print(f"{n:>8} {'mean':>5} {mean_true:>10.3f} {mean_share:>12.1%}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--part", choices=["scaling", "overhead", "fleet", "all"], default="all")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--items", type=int, default=None, help="items (scaling, overhead)")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--target", type=float, default=0.96)
+    a = ap.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (may be shared)")
+    if a.part in ("scaling", "all"):
+        scaling(a.workers, a.items or 2000)
+    if a.part in ("overhead", "all"):
+        overhead(a.items or 20000)
+    if a.part in ("fleet", "all"):
+        fleet(a.seeds, a.target)
+
+
+if __name__ == "__main__":
+    main()

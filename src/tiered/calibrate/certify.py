@@ -1,0 +1,436 @@
+"""Certified calibration: a cascade whose quality on new data is promised, not hoped for.
+
+Thresholds tuned on a log look better on it than on new data. :func:`certify` makes the
+quality target a guarantee with *Learn then Test* (Angelopoulos et al., 2021):
+
+1. **Split.** The log's rows are shuffled (``seed``) into a *fitting* part
+   (``fit_share``) and a disjoint *certification* part.
+2. **Learn.** The search runs on the fitting part only. Its Pareto frontier, ordered
+   from the most expensive (most conservative) cascade down to the cheapest, is the
+   candidate sequence, fixed before the certification rows are looked at.
+3. **Test.** Each candidate in turn is replayed on the certification rows and tested
+   against the null "its quality is below the target less ``tolerance``"
+   (:mod:`tiered.calibrate.certify_stats`): an exact binomial test for an absolute
+   target on 0/1 quality; for ``top``, ``top-x`` and ``top*c`` a *paired* test on the
+   per-row difference ``q_cascade - q_top`` (``- c q_top``) with the best single model of
+   the fitting part, by betting; the betting test too for scores in [0, 1]. The first
+   candidate that fails stops the sequence (*fixed-sequence testing*): every candidate
+   before it is certified, and the cheapest of them is chosen.
+
+**The promise.** If the log's rows are exchangeable with the data the cascade will see
+(i.i.d. draws from one distribution), then with probability at least ``confidence``
+over the draw of the log, the chosen cascade's expected quality on that distribution is
+at least the target less ``tolerance`` (a relative target: at least that much below the
+named top model's, on the same data). Testing in a fixed order spends the whole error
+budget on the first false claim, so there is no multiplicity correction to pay.
+
+When no candidate cheaper than the best single model is certified, the best single
+model alone is the answer (a relative target holds for it by definition) and
+:attr:`Certificate.rows_needed` estimates how many rows a log would need for a cheaper
+cascade to pass, from the certification rows' own statistics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tiered.calibrate.certify_stats import betting_pvalue, binomial_pvalue, rows_needed
+from tiered.calibrate.evaluate import evaluate_stages
+from tiered.calibrate.families import RuleFamily, default_families
+from tiered.calibrate.objective import Objective, QualityTarget
+from tiered.calibrate.search import Config, Point, SearchSettings, search
+from tiered.errors import ConfigError
+from tiered.replay.view import LogView
+
+if TYPE_CHECKING:
+    from tiered.calibrate.calibrator import Calibration
+
+FamilyFactory = Callable[[LogView], Sequence[RuleFamily]]
+
+DEFAULT_TOLERANCE = 0.005
+DEFAULT_FIT_SHARE = 0.3  # the search needs fewer rows than a paired test (measured)
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """What was certified, on how many rows, and how (see the module docstring).
+
+    - ``target``: the ``min_quality`` text; ``reference_model``: the best single model of
+      the fitting rows, which a relative target is measured against.
+    - ``certified``: the chosen cascade passed its test. ``fallback``: nothing cheaper
+      than the best single model passed, so it alone is the answer (for a relative target
+      it meets the promise by definition; for an absolute one ``certified`` says whether
+      it was shown to).
+    - ``bound``: the promised quality (absolute targets), or the promised difference to
+      the reference model's quality (``top``/``top-x``: ``-x - tolerance``;
+      ``top*c``: the difference to ``c`` times its quality, ``-tolerance``).
+    - ``estimate``: that statistic on the certification rows (the chosen cascade's).
+    - ``rows_needed``: when the fallback was chosen, about how many log rows would let a
+      cheaper cascade be certified (``None`` otherwise; ``inf`` when none looks able to).
+    """
+
+    target: str
+    kind: str
+    value: float
+    confidence: float
+    tolerance: float
+    reference_model: str | None
+    certified: bool
+    fallback: bool
+    bound: float
+    estimate: float
+    p_value: float | None
+    test: str
+    rows: int
+    rows_fit: int
+    rows_certify: int
+    candidates: int
+    tested: int
+    rows_needed: float | None
+
+    @property
+    def relative(self) -> bool:
+        return self.kind != "absolute"
+
+    def promise(self) -> str:
+        """The promise in words: ``quality >= 0.85 - 0.005``."""
+        eps = f"{self.tolerance:g}"
+        if self.kind == "absolute":
+            return f"quality >= {self.value:g} - {eps}"
+        ref = f"quality of {self.reference_model}"
+        if self.kind == "top*":
+            return f"quality >= {self.value:g} x {ref} - {eps}"
+        less = f" - {self.value:g}" if self.value > 0 else ""
+        return f"quality >= {ref}{less} - {eps}"
+
+    def statement(self) -> str:
+        """One sentence for the user (the cascade file and ``tiered inspect`` show it)."""
+        conf = f"{100 * self.confidence:g}% confidence"
+        rows = f"{self.rows_certify:,} rows"
+        paired = f" (paired with {self.reference_model} on the same rows)" if self.relative else ""
+        if self.certified and not self.fallback:
+            return f"{self.promise()} with {conf}{paired}, certified on {rows}"
+        need = ""
+        if self.rows_needed is not None:
+            if math.isfinite(self.rows_needed):
+                more = max(int(self.rows_needed) - self.rows, 0)
+                need = (
+                    f"; a log of about {int(self.rows_needed):,} rows ({more:,} more) would be "
+                    "needed to certify a cheaper cascade"
+                )
+            else:
+                need = "; no cheaper cascade looks able to reach it on more rows either"
+        if self.relative:
+            return (
+                f"no cascade cheaper than {self.reference_model} could be certified to have "
+                f"{self.promise()} with {conf} on {rows}: {self.reference_model} alone is "
+                f"the answer{need}"
+            )
+        if self.certified:
+            alone = f"{self.reference_model} alone"
+            return f"{self.promise()} with {conf}, certified on {rows} ({alone}){need}"
+        return (
+            f"NOT certified: not even {self.reference_model} could be shown to have "
+            f"{self.promise()} with {conf} on {rows}{need}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["statement"] = self.statement()
+        if out["rows_needed"] is not None and not math.isfinite(out["rows_needed"]):
+            out["rows_needed"] = None if self.rows_needed is None else "unreachable"
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RowTest:
+    """How a quality target is tested: the per-row statistic ``X`` (:meth:`rows`), the
+    null mean ``mu0`` it must beat, its range, and the test used."""
+
+    target: QualityTarget
+    mu0: float
+    lo: float
+    hi: float
+    name: str
+    binary: bool
+
+    @classmethod
+    def of(cls, q: QualityTarget, tolerance: float, binary: bool) -> RowTest:
+        """``binary``: qualities are 0/1 (an absolute target then gets the exact test)."""
+        if q.kind == "absolute":
+            name = "exact binomial" if binary else "betting"
+            return cls(q, q.value - tolerance, 0.0, 1.0, name, binary)
+        if q.kind == "top-":
+            return cls(q, -q.value - tolerance, -1.0, 1.0, "paired betting", False)
+        return cls(q, -tolerance, -q.value, 1.0, "paired betting", False)
+
+    def rows(self, cascade: np.ndarray, top: np.ndarray) -> np.ndarray:
+        """Per-row ``X`` from the cascade's and the top model's qualities on those rows."""
+        if self.target.kind == "absolute":
+            return cascade
+        if self.target.kind == "top-":
+            return cascade - top
+        return cascade - self.target.value * top
+
+    def pvalue(self, x: np.ndarray) -> float:
+        if self.binary:
+            return binomial_pvalue(round(float(x.sum())), len(x), self.mu0)
+        return betting_pvalue(x, self.mu0, self.lo, self.hi)
+
+    def rows_needed(self, x: np.ndarray, delta: float) -> float:
+        return rows_needed(x, self.mu0, self.lo, delta, binary=self.binary)
+
+
+def fixed_sequence(candidates: Iterable[np.ndarray], test: RowTest, delta: float) -> list[float]:
+    """Fixed-sequence testing: the p-values of the candidates (their per-row ``X``, most
+    conservative first) up to and excluding the first one above ``delta``. Every
+    candidate returned is certified; the family-wise error is at most ``delta``, because
+    a false claim can only be made by passing the first candidate whose null is true."""
+    passed: list[float] = []
+    for x in candidates:
+        p = test.pvalue(x)
+        if p > delta:
+            break
+        passed.append(p)
+    return passed
+
+
+class CertifySession:
+    """The split and the fitting search of one certified calibration; :meth:`decide` tests
+    the candidates for an objective (cheap: the search is not rerun)."""
+
+    def __init__(
+        self,
+        view: LogView,
+        *,
+        confidence: float,
+        tolerance: float = DEFAULT_TOLERANCE,
+        fit_share: float = DEFAULT_FIT_SHARE,
+        seed: int = 0,
+        settings: SearchSettings | None = None,
+        families: FamilyFactory | None = None,
+    ) -> None:
+        _check(confidence, tolerance, fit_share)
+        started = time.perf_counter()
+        self.view = view
+        self.confidence = float(confidence)
+        self.tolerance = float(tolerance)
+        n = view.n
+        n_fit = round(fit_share * n)
+        if n_fit < 1 or n - n_fit < 1:
+            raise ConfigError(
+                f"cannot certify on {n} rows: the fitting and certification parts both need rows",
+                field="confidence",
+            )
+        order = np.random.default_rng(seed).permutation(n)
+        self.fit = view.take(np.sort(order[:n_fit]))
+        self.cert = view.take(np.sort(order[n_fit:]))
+        self.result = search(self.fit, (families or default_families)(self.fit), settings)
+        self.top, _, self.top_fit_cost = self.fit.top()
+        q = self.cert.quality
+        self.binary = bool(np.isin(q, (0.0, 1.0)).all())
+        self._scored: dict[int, np.ndarray] = {}
+        self.search_seconds = time.perf_counter() - started
+
+    def _quality(self, config: Config) -> np.ndarray:
+        """Per-row quality of a fitted cascade on the certification rows (cached)."""
+        got = self._scored.get(id(config))
+        if got is None:
+            out = evaluate_stages(self.cert, config.stage_refs(self.cert.models))
+            got = self._scored[id(config)] = np.nan_to_num(out.quality, nan=0.0)
+        return got
+
+    def candidates(self, q: QualityTarget) -> list[Point]:
+        """The fixed sequence: most expensive first. A relative target's fallback (the top
+        model alone) needs no test, so only cheaper cascades are candidates."""
+        alone = self.result.singles[self.top].config
+        pts = [p for p in self.result.frontier if p.config.key != alone.key]
+        if q.relative:
+            pts = [p for p in pts if p.cost < self.top_fit_cost]
+        else:
+            pts.append(self.result.singles[self.top])  # may fail too: then nothing certifies
+        return sorted(pts, key=lambda p: (-p.cost, -p.quality))
+
+    def decide(self, objective: Objective) -> Calibration:
+        started = time.perf_counter()
+        q = objective.min_quality
+        if q is None or objective.budget is not None:
+            raise ConfigError(
+                "certification needs a quality target (--min-quality) and no --budget",
+                field="confidence",
+            )
+        test = RowTest.of(q, self.tolerance, self.binary)
+        delta = 1.0 - self.confidence
+        top_q = self.cert.quality[:, self.top]
+        cands = self.candidates(q)
+        rows = (test.rows(self._quality(p.config), top_q) for p in cands)  # lazily: stops early
+        passed = fixed_sequence(rows, test, delta)
+        chosen = cands[len(passed) - 1] if passed else None
+        p_chosen = passed[-1] if passed else None
+        tested = min(len(passed) + 1, len(cands))
+        top_point = self.result.singles[self.top]
+        fallback = chosen is None or chosen.config is top_point.config
+        certified = chosen is not None or q.relative
+        if chosen is None:
+            chosen = top_point
+        x_chosen = test.rows(self._quality(chosen.config), top_q)
+        need: float | None = None
+        if fallback:
+            need = self._rows_needed(q, test, cands, delta)
+        cert = Certificate(
+            target=q.text,
+            kind=q.kind,
+            value=q.value,
+            confidence=self.confidence,
+            tolerance=self.tolerance,
+            reference_model=self.view.models[self.top],
+            certified=certified,
+            fallback=fallback,
+            bound=test.mu0,
+            estimate=float(x_chosen.mean()),
+            p_value=p_chosen,
+            test=test.name,
+            rows=self.view.n,
+            rows_fit=self.fit.n,
+            rows_certify=self.cert.n,
+            candidates=len(cands),
+            tested=tested,
+            rows_needed=need,
+        )
+        return self._calibration(objective, chosen, cert, time.perf_counter() - started)
+
+    def _rows_needed(
+        self, q: QualityTarget, test: RowTest, cands: list[Point], delta: float
+    ) -> float:
+        """Log rows at which the most promising candidate no dearer than the top model
+        would pass, were the certification rows' statistics to hold (same fitting share)."""
+        best = math.inf
+        for p in cands:
+            if p.cost > self.top_fit_cost or (q.relative and p.cost == self.top_fit_cost):
+                continue
+            x = test.rows(self._quality(p.config), self.cert.quality[:, self.top])
+            best = min(best, test.rows_needed(x, delta))
+        share = self.cert.n / self.view.n
+        return best / share if math.isfinite(best) else math.inf
+
+    def _calibration(
+        self, objective: Objective, chosen: Point, cert: Certificate, seconds: float
+    ) -> Calibration:
+        from tiered.calibrate.calibrator import Calibration, _point
+        from tiered.eval.metrics import oracle_bound
+
+        view = self.view
+        # what the chosen cascade does on every row of the log (its thresholds stay the
+        # fitted ones: refitting on all rows would void the certificate)
+        out = evaluate_stages(view, chosen.config.stage_refs(view.models))
+        on_all = Point(chosen.config, out.mean_cost, out.mean_quality)
+        top_q = float(view.quality[:, self.top].mean())
+        top_c = float(view.cost[:, self.top].mean())
+        log = view.log if view.n == len(view.log) else view.log.subset(view.rows)
+        oracle = oracle_bound(log)
+        assert objective.min_quality is not None
+        return Calibration(
+            objective=objective,
+            target=objective.min_quality.resolve(top_q),
+            frontier=[_point(self.fit, p) for p in self.result.frontier],
+            chosen=_point(view, on_all),
+            singles=[_point(self.fit, p) for p in self.result.singles],
+            top_model=view.models[self.top],
+            top_quality=top_q,
+            top_cost=top_c,
+            oracle_quality=oracle.quality,
+            oracle_cost=oracle.cost_per_item,
+            cv=None,
+            n_items=view.n,
+            log_path=view.log.path,
+            seconds=self.search_seconds + seconds,
+            evaluated=self.result.evaluated,
+            notes=[
+                f"certified calibration: searched on {self.fit.n:,} rows, tested on the other "
+                f"{self.cert.n:,}; the frontier shows the fitting rows"
+            ],
+            session=self,
+            certificate=cert,
+        )
+
+
+def _check(confidence: float, tolerance: float, fit_share: float) -> None:
+    if isinstance(confidence, bool) or not (
+        isinstance(confidence, int | float) and 0.0 < confidence < 1.0
+    ):
+        raise ConfigError(
+            f"The 'confidence' parameter must be a number in (0, 1). Got {confidence!r} instead.",
+            field="confidence",
+        )
+    if isinstance(tolerance, bool) or not (
+        isinstance(tolerance, int | float) and 0.0 <= tolerance < 1.0
+    ):
+        raise ConfigError(
+            f"The 'tolerance' parameter must be a number in [0, 1). Got {tolerance!r} instead.",
+            field="tolerance",
+        )
+    if not (isinstance(fit_share, int | float) and 0.0 < fit_share < 1.0):
+        raise ConfigError(
+            f"The 'fit_share' parameter must be a number in (0, 1). Got {fit_share!r} instead.",
+            field="fit_share",
+        )
+
+
+def check_certify_options(
+    confidence: float, tolerance: float, budget: float | None, estimators: bool = False
+) -> None:
+    """Fail early, before a log is read, on options certification cannot honour."""
+    _check(confidence, tolerance, DEFAULT_FIT_SHARE)
+    if budget is not None:
+        raise ConfigError(
+            "--confidence certifies a quality target; it does not combine with --budget",
+            field="budget",
+        )
+    if estimators:
+        raise ConfigError(
+            "--confidence certifies the confidence-rule cascades; it does not combine with "
+            "--estimators",
+            field="estimators",
+        )
+
+
+def certify(
+    log: LogView,
+    objective: Objective,
+    *,
+    confidence: float,
+    tolerance: float = DEFAULT_TOLERANCE,
+    fit_share: float = DEFAULT_FIT_SHARE,
+    seed: int = 0,
+    settings: SearchSettings | None = None,
+    families: FamilyFactory | None = None,
+) -> Calibration:
+    """The cheapest cascade certified for ``objective``'s quality target (module docstring)."""
+    session = CertifySession(
+        log,
+        confidence=confidence,
+        tolerance=tolerance,
+        fit_share=fit_share,
+        seed=seed,
+        settings=settings,
+        families=families,
+    )
+    return session.decide(objective)
+
+
+__all__ = [
+    "DEFAULT_FIT_SHARE",
+    "DEFAULT_TOLERANCE",
+    "Certificate",
+    "CertifySession",
+    "RowTest",
+    "certify",
+    "check_certify_options",
+    "fixed_sequence",
+]
