@@ -11,7 +11,7 @@ success, or exit 2 with one ``error:`` line naming the file.
 
     .venv/bin/python benchmarks/fuzz.py [--cases 2000] [--cli-cases 200] [--only NAME]
 
-Prints one row per loader and command, then each distinct finding with its input.
+Prints one row per loader and command, each followed by its distinct findings and inputs.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     all_findings: list[tuple[str, str, bytes]] = []
+    seen: set[str] = set()
     for loader, n in runs:
         t0 = time.perf_counter()
         counts, findings, slowest = fuzz(loader, n, args.limit_s, args.seed)
@@ -93,13 +94,11 @@ def main() -> None:
             flush=True,
         )
         all_findings += [(loader.name, detail, data) for detail, data in findings]
-    seen: set[str] = set()
-    for name, detail, data in all_findings:
-        key = name + re.sub(r"/tmp/\S+", "", detail)[:160]
-        if key in seen:
-            continue
-        seen.add(key)
-        print(f"\n[{name}] {detail[-2500:]}\ninput: {data[:400]!r}")
+        for detail, data in findings:  # each distinct one at once: a long run may be cut
+            key = loader.name + re.sub(r"/tmp/\S+", "", detail)[:160]
+            if key not in seen:
+                seen.add(key)
+                print(f"  [{loader.name}] {detail[-2500:]}\n  input: {data[:400]!r}", flush=True)
     print(f"\n{len(all_findings)} findings ({len(seen)} distinct)")
 
 

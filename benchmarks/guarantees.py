@@ -148,6 +148,163 @@ def offline(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+# ----------------------------------------------------------------------------- stream
+
+CONTROLS = ("lower_bound", "estimate", "anytime")  # lower_bound first: the ratio column
+
+
+def _run_stream(rows: list[tuple[str, str, str]], cfg: object, seed: int) -> dict[str, float]:
+    """One stream through the online cascade of ``benchmarks/stream.py`` (hashed n-grams in
+    front of the gold label as the expert): expert calls, true agreement, the final bounds."""
+    from stream import expert_stage, hashed_stages, make_items
+    from tiered.online import OnlineCascade
+
+    items = make_items(rows)
+    oc = OnlineCascade(hashed_stages(), expert_stage(), cfg, seed=seed)  # type: ignore[arg-type]
+    out = []
+    for i in range(0, len(items), 256):
+        out.extend(oc.process(items[i : i + 256]))
+    st = oc.stats()
+    right = [d.label == it.fields["label"] for d, it in zip(out, items, strict=True)]
+    truth = float(np.mean(right))
+    return {
+        "calls": st.expert_share,
+        "truth": truth,
+        "cs_low": st.cs_low,
+        "ci_low": st.ci_low,
+        "alarms": float(st.alarms),
+    }
+
+
+def stream(args: argparse.Namespace) -> None:
+    from tiered.online import OnlineConfig
+
+    lines = [
+        "| dataset | target | control | seeds below target | expert calls (mean) "
+        "| vs lower_bound | true agreement (mean, min) | final bound: sequence / interval "
+        "| seeds with an alarm |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset in args.datasets:
+        rows = _text_rows(dataset)
+        for target in args.targets:
+            calls: dict[str, float] = {}
+            for control in args.controls:
+                cfg = OnlineConfig(target_agreement=target, control=control)
+                runs = []
+                for seed in range(args.seeds):
+                    runs.append(_run_stream(rows, cfg, seed))
+                    r = runs[-1]
+                    print(f"{dataset} {target} {control} seed {seed}: calls {r['calls']:.4f} "
+                          f"true {r['truth']:.4f} cs_low {r['cs_low']:.4f}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                calls[control] = float(np.mean([r["calls"] for r in runs]))
+                truth = [r["truth"] for r in runs]
+                base = calls.get("lower_bound")
+                lines.append(
+                    f"| {dataset} | {target} | {control} "
+                    f"| {sum(t < target for t in truth)}/{len(runs)} | {calls[control]:.1%} "
+                    f"| {'-' if base is None else f'{calls[control] / base:.2f}'} "
+                    f"| {np.mean(truth):.4f}, {min(truth):.4f} "
+                    f"| {np.mean([r['cs_low'] for r in runs]):.4f} / "
+                    f"{np.mean([r['ci_low'] for r in runs]):.4f} "
+                    f"| {sum(r['alarms'] > 0 for r in runs)} |"
+                )
+    print("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def _text_rows(dataset: str) -> list[tuple[str, str, str]]:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from stream import SHARED, load_headlines, load_rotten_tomatoes, rotten_tomatoes_path
+
+    if dataset == "headlines":
+        return load_headlines(SHARED)
+    return load_rotten_tomatoes(rotten_tomatoes_path())
+
+
+def _proxy(rows: list[tuple[str, str, str]], n_train: int) -> tuple[np.ndarray, ...]:
+    """The cheap stage: a hashed n-gram classifier trained on ``n_train`` random rows (three
+    passes), then labelling the rest. Returns (labels, scores, gold) of the rest."""
+    from tiered.core import Item
+    from tiered.models.hashed_ngram import HashedNgramModel
+
+    idx = np.random.default_rng(0).permutation(len(rows))
+    train, rest = [rows[i] for i in idx[:n_train]], [rows[i] for i in idx[n_train:]]
+    model = HashedNgramModel()
+    items = [Item(id=i, input=t) for i, t, _ in train]
+    for _ in range(3):
+        for j in range(0, len(items), 256):
+            model.learn(items[j : j + 256], [y for _, _, y in train[j : j + 256]])
+    out = model.predict([Item(id=i, input=t) for i, t, _ in rest])
+    assert out.probs is not None
+    labels = np.array(out.labels, dtype=object)
+    gold = np.array([y for _, _, y in rest], dtype=object)
+    return labels, out.probs.max(axis=1), gold
+
+
+def _bargain(labels: np.ndarray, scores: np.ndarray, gold: np.ndarray, target: float,
+             delta: float, seed: int) -> tuple[int, float]:  # fmt: skip
+    """BARGAIN_A with the same cheap labels, scores and oracle (the gold column)."""
+    from BARGAIN import BARGAIN_A, Oracle, Proxy
+
+    class _P(Proxy):  # type: ignore[misc]
+        def proxy_func(self, record: str) -> tuple[str, float]:
+            i = int(record)
+            return str(labels[i]), float(scores[i])
+
+    class _O(Oracle):  # type: ignore[misc]
+        def oracle_func(self, record: str, proxy_output: object) -> tuple[bool, str]:
+            truth = str(gold[int(record)])
+            return proxy_output == truth, truth
+
+    algo = BARGAIN_A(_P(verbose=False, max_workers=1), _O(verbose=False, max_workers=1),
+                     target=target, delta=delta, seed=seed, verbose=False)  # fmt: skip
+    out, used = algo.process([str(i) for i in range(len(labels))], return_oracle_usage=True)
+    return int(np.sum(used)), float(np.mean(np.array(out, dtype=object) == gold))
+
+
+def labels(args: argparse.Namespace) -> None:
+    from tiered.calibrate.certify_labels import certify_labels
+
+    lines = [
+        "| dataset | items | cheap accuracy | target | system | oracle calls (mean) "
+        "| accuracy (mean, min) | seeds below target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset in args.datasets:
+        cheap, scores, gold = _proxy(_text_rows(dataset), args.train)
+        n = len(gold)
+        for target in args.targets:
+            got: dict[str, list[tuple[int, float]]] = {"tiered": [], "BARGAIN_A": []}
+            for seed in range(args.seeds):
+                res = certify_labels(
+                    cheap, scores, lambda i, g=gold: g[i].tolist(), target=target,
+                    confidence=1 - args.delta, seed=seed,
+                )  # fmt: skip
+                acc = float(np.mean(np.array(res.labels, dtype=object) == gold))
+                got["tiered"].append((res.oracle_calls, acc))
+                if not args.no_bargain:
+                    got["BARGAIN_A"].append(_bargain(cheap, scores, gold, target, args.delta, seed))
+                print(f"{dataset} {target} seed {seed}: " + ", ".join(
+                    f"{k} {v[-1][0]} calls acc {v[-1][1]:.4f}" for k, v in got.items() if v
+                ), file=sys.stderr, flush=True)  # fmt: skip
+            for system, runs in got.items():
+                if not runs:
+                    continue
+                calls = [c for c, _ in runs]
+                accs = [a for _, a in runs]
+                lines.append(
+                    f"| {dataset} | {n:,} | {np.mean(cheap == gold):.3f} | {target} | {system} "
+                    f"| {np.mean(calls):,.0f} ({np.mean(calls) / n:.1%}) "
+                    f"| {np.mean(accs):.4f}, {min(accs):.4f} "
+                    f"| {sum(a < target for a in accs)}/{len(accs)} |"
+                )
+    print("\n".join(lines))
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -164,9 +321,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--uncertified-splits", type=int, default=40,
         help="run the (ten times slower) uncertified calibrator on the first this many splits",
     )  # fmt: skip
+    st = sub.add_parser("stream", help="online controllers: seeds below target, expert calls")
+    st.add_argument("--datasets", nargs="+", default=["headlines", "rotten_tomatoes"])
+    st.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.96])
+    st.add_argument("--controls", nargs="+", default=list(CONTROLS), choices=CONTROLS)
+    st.add_argument("--seeds", type=int, default=20)
+    lab = sub.add_parser("labels", help="certified batch labelling vs BARGAIN")
+    lab.add_argument("--datasets", nargs="+", default=["headlines", "rotten_tomatoes"])
+    lab.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.95])
+    lab.add_argument("--delta", type=float, default=0.05)
+    lab.add_argument("--seeds", type=int, default=50)
+    lab.add_argument("--train", type=int, default=2000, help="rows that train the cheap stage")
+    lab.add_argument("--no-bargain", action="store_true")
     args = ap.parse_args(argv)
     if args.part == "offline":
         offline(args)
+    elif args.part == "stream":
+        stream(args)
+    elif args.part == "labels":
+        labels(args)
 
 
 if __name__ == "__main__":

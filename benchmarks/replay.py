@@ -50,7 +50,7 @@ import numpy as np
 
 from tiered.calibrate.curve import ErrorCostCurve, shared_range
 from tiered.calibrate.evaluate import evaluate_stages
-from tiered.calibrate.grid import GridPoint, choose_grid, grid_frontier, grid_outcome
+from tiered.calibrate.grid import choose_grid, grid_frontier, grid_outcome
 from tiered.calibrate.objective import parse_min_quality
 from tiered.core.spec import BuildContext, CascadeSpec
 from tiered.eval import evaluate_cascade
@@ -119,6 +119,7 @@ class TieredFit:
     specs: dict[str, CascadeSpec]
     frontier: list[object]  # search configs (replayed with the vectorised evaluator)
     family: str
+    text: str  # the cascade chosen at the first target
 
 
 def fit_tiered(train: LogView, args: argparse.Namespace, seed: int) -> TieredFit:
@@ -131,7 +132,8 @@ def fit_tiered(train: LogView, args: argparse.Namespace, seed: int) -> TieredFit
     specs = {TARGETS[0]: got.spec}
     for t in TARGETS[1:]:
         specs[t] = got.with_objective(min_quality=t).spec
-    return TieredFit(specs, [p.config for p in got.calibration.frontier], got.family)
+    text = got.calibration.chosen.text() if got.family == "confidence" else got.family
+    return TieredFit(specs, [p.config for p in got.calibration.frontier], got.family, text)
 
 
 def _engine(spec: CascadeSpec, test: LogView) -> tuple[np.ndarray, np.ndarray]:
@@ -172,10 +174,8 @@ def run_log(path: Path, args: argparse.Namespace, rejects: Path) -> LogResult:
                 res.ops[("tiered", t)].add(c, q)
                 if t == TARGETS[0]:
                     per_row[assign == k] += q / args.repeats
-                    res.chosen.append(fit.specs[t].metadata.get("cascade_text", ""))
-            fold_curves["tiered"].append(
-                _curve([_replay(test, cfg) for cfg in fit.frontier]) if fit.frontier else None
-            )  # type: ignore[arg-type]
+            res.chosen.append(fit.text)
+            fold_curves["tiered"].append(_curve([_replay(test, cfg) for cfg in fit.frontier]))
             grid = grid_frontier(train)
             for t in TARGETS:
                 pick = choose_grid(grid, parse_min_quality(t).resolve(train_top))
@@ -189,11 +189,10 @@ def run_log(path: Path, args: argparse.Namespace, rejects: Path) -> LogResult:
                 res.ops[("hindsight", t)].add(*grid_outcome(test, pick))
     full = grid_frontier(view)  # hindsight on every held-out row, pooled
     hind_curve = ErrorCostCurve.of([p.cost for p in full], [p.quality for p in full])
-    curves = [c for cs in fold_curves.values() for c in cs if c is not None]
+    curves = [c for cs in fold_curves.values() for c in cs]
     lo, hi = shared_range([*curves, hind_curve])
     for name, cs in fold_curves.items():
-        got = [c.mean_error(lo, hi) for c in cs if c is not None]
-        res.area[name] = float(np.mean(got)) if got else math.nan
+        res.area[name] = float(np.mean([c.mean_error(lo, hi) for c in cs]))
     res.area["hindsight"] = hind_curve.mean_error(lo, hi)
     diff = per_row - view.quality[:, top]
     res.delta_se = 100 * float(np.std(diff)) / math.sqrt(view.n)
@@ -204,10 +203,6 @@ def run_log(path: Path, args: argparse.Namespace, rejects: Path) -> LogResult:
 def _replay(test: LogView, config: object) -> tuple[np.ndarray, np.ndarray]:
     out = evaluate_stages(test, config.stage_refs(test.models))  # type: ignore[attr-defined]
     return out.cost, out.quality
-
-
-def grid_point_text(p: GridPoint, view: LogView) -> str:
-    return p.text(view.models, "logprob")
 
 
 # -- tables ---------------------------------------------------------------------------------
@@ -319,8 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inner-folds", type=int, default=5, help="the calibrator's own folds")
     ap.add_argument("--repeats", type=int, default=1, help="new outer fold draws (pooled)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--learned", default="auto", choices=("auto", "never", "always"),
-                    help="learned rule families: as tiered calibrate decides, never, always")  # fmt: skip
+    ap.add_argument(
+        "--learned",
+        default="auto",
+        choices=("auto", "never", "always"),
+        help="learned rule families: as tiered calibrate decides, never, always",
+    )
     ap.add_argument("--no-timing", action="store_true", help="skip the 5x1,500 timing run")
     ap.add_argument("--show-cascades", action="store_true", help="print tiered's cascades")
     args = ap.parse_args(argv)
@@ -338,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     split = f"{args.folds}-fold CV" + (f" x{args.repeats}" if args.repeats > 1 else "")
     print(f"### Operating points, held out ({split}; rel. cost / Δ pts vs the best single model)\n")
     print(markdown(*op_rows(rows)))
-    print("\n### Normalised area under the held-out error–cost curve (mean error; lower is better)\n")
+    print(
+        "\n### Normalised area under the held-out error–cost curve (mean error; lower is better)\n"
+    )
     print(markdown(*area_rows(rows)))
     print()
     for line in targets(rows):

@@ -51,7 +51,7 @@ from tiered.io.redis_url import parse_stream_url
 from tiered.io.sinks import decision_row
 from tiered.io.sources import FieldMap
 from tiered.online import estimate_agreement
-from tiered.runner.fleet import Fleet, tally_row
+from tiered.online.fleet import Fleet, tally_row
 from tiered.testing import FakeUpstream, sentiment_responder
 from tiered.testing.redis_server import RedisServer
 

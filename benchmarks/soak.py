@@ -227,16 +227,17 @@ async def slow_clients(port: int, n: int, stop: asyncio.Event) -> Counter[str]:
                 b"Content-Type: application/json\r\nContent-Length: 2000\r\n\r\n{"
             )
             try:
-                while not stop.is_set() and not reader.at_eof():
-                    await asyncio.sleep(1)
-                    writer.write(b" ")
-                    await writer.drain()
-                    if reader._buffer:  # type: ignore[attr-defined]  # an answer: cut off
-                        break
-                head = await asyncio.wait_for(reader.read(64), 1) if not stop.is_set() else b""
-                seen[head[9:12].decode() or "closed"] += 1
-            except (OSError, TimeoutError):
-                seen["closed"] += 1
+                while not stop.is_set():
+                    try:  # an answer (the 408) or the close ends this connection
+                        head = await asyncio.wait_for(reader.read(64), 1)
+                    except TimeoutError:
+                        writer.write(b" ")  # one more byte of the body, a second later
+                        await writer.drain()
+                        continue
+                    seen[head[9:12].decode(errors="replace") or "closed"] += 1
+                    break
+            except OSError:
+                seen["reset"] += 1
             finally:
                 writer.close()
 

@@ -510,7 +510,9 @@ def cli_check(make_argv: Callable[[Path], list[str]]) -> Callable[[Path], None]:
         if code == 0:
             return
         lines = err.strip().splitlines()
-        if code == 2 and len(lines) == 1 and lines[0].startswith("error:") and path.name in err:
+        # located: it names the case's file, or the other file of the case (a replay log)
+        named = path.name in err or str(path.parent) in err
+        if code == 2 and len(lines) == 1 and lines[0].startswith("error:") and named:
             raise ConfigError(lines[0], path=path)  # the clean, located error wanted
         raise CliFailure(f"exit {code}: {err[-2000:]}")
 
@@ -540,6 +542,10 @@ CLI_CHECKS: dict[str, tuple[str, Callable[[Path], list[str]]]] = {
     "tiered eval (cascade)": (
         "cascade YAML",
         lambda p: ["eval", str(p), str(_with_fixed_log(p))],
+    ),
+    "tiered inspect (cascade)": (
+        "cascade YAML",
+        lambda p: ["inspect", str(p), str(_with_fixed_log(p))],
     ),
     "tiered run": (
         "run YAML",

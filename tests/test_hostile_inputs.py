@@ -71,8 +71,10 @@ def test_a_broken_line_is_a_located_error(tmp_path: Path, line: bytes, message: 
         ({"margin": float("inf")}, "outputs.small.margin", "must be finite or -Infinity"),
         ({"correct": 1}, "outputs.small.correct", "must be true or false. Got 1 instead"),
         ({"correct": 0}, "outputs.small.correct", "must be true or false. Got 0 instead"),
-        ({"tokens_in": 10**400}, "outputs.small.tokens_in", "is too large a number"),
-        ({"cost": 10**400}, "outputs.small.cost", "is too large a number"),
+        ({"tokens_in": 10**400}, "outputs.small.tokens_in", r"at most 1e\+15 or null\. Got 1000"),
+        ({"margin": 10**400}, "outputs.small.margin", "is too large a number"),
+        # two of these would add up to an infinite mean cost
+        ({"cost": 1e308}, "outputs.small.cost", r"must be a number at most 1e\+15"),
     ],
 )
 def test_values_that_look_valid_but_are_not_are_refused(
@@ -353,3 +355,47 @@ def test_a_cascade_of_thousands_of_stages_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="at most 64 items") as info:
         CascadeSpec.load(_yaml(tmp_path, yaml.safe_dump(spec)))
     assert info.value.field == "stages"
+
+
+def test_inspect_of_a_cascade_names_the_file_or_the_signal_it_lacks(tmp_path: Path) -> None:
+    log = _log(tmp_path, replay_records(6))
+    spec = json.loads(json.dumps(CASCADE))
+    spec["stages"][0]["model"]["mode"] = "small"  # not a key of a replay model
+    code, err = run_cli(["inspect", str(_yaml(tmp_path, yaml.safe_dump(spec))), str(log)])
+    assert code == 2 and "cascade.yaml" in err and "unknown key(s) ['mode']" in err
+    spec = json.loads(json.dumps(CASCADE))
+    spec["stages"][0]["rule"]["signal"] = "lprob"
+    code, err = run_cli(["inspect", str(_yaml(tmp_path, yaml.safe_dump(spec))), str(log)])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "needs signal 'lprob'" in err and "log.jsonl" in err
+
+
+def test_yaml_keys_with_newlines_and_negative_seeds_are_one_line_errors(tmp_path: Path) -> None:
+    cfg = json.loads(json.dumps(RUN_CONFIG))
+    cfg["online"]["\t\n"] = 1.0
+    with pytest.raises(ConfigError, match=r"field 'online\.\\t\\n': Extra inputs") as info:
+        load_run_config(_yaml(tmp_path, yaml.safe_dump(cfg), "run.yaml"))
+    assert "\n" not in str(info.value)
+    cfg = json.loads(json.dumps(RUN_CONFIG))
+    cfg["seed"] = -3
+    with pytest.raises(ConfigError, match="greater than or equal to 0") as info:
+        load_run_config(_yaml(tmp_path, yaml.safe_dump(cfg), "run.yaml"))
+    assert info.value.field == "seed"
+
+
+def test_a_csv_header_over_several_lines_and_a_bad_parquet_schema_are_one_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(b'"id,label\r\nr0,text,a\r\n')  # an open quote swallows the file
+    with pytest.raises(DataError, match="column not in the CSV header") as info:
+        _drain(path)
+    assert "\n" not in str(info.value)
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"id": ["a"], "text": ["hello"]}), buf)
+    broken = buf.getvalue().replace(b"text", b"t\xe4xt")  # a column name that is not UTF-8
+    path = tmp_path / "in.parquet"
+    path.write_bytes(broken)
+    with pytest.raises(DataError, match=r"in\.parquet") as info:
+        _drain(path)
+    assert "\n" not in str(info.value)

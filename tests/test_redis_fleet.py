@@ -14,7 +14,7 @@ from tiered.core.spec import build_model
 from tiered.io.redis_streams import RedisStreamSink
 from tiered.io.sinks import decision_row
 from tiered.online import OnlineCascade, OnlineConfig
-from tiered.runner.fleet import Fleet, FleetKeys, tally_row
+from tiered.online.fleet import Fleet, FleetKeys, tally_row
 
 WORDS = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "poor", "sad"]}
 

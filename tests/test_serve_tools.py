@@ -199,30 +199,40 @@ def test_a_malformed_call_is_passed_on_to_the_next_tool_stage() -> None:
     assert (second["stage"], body["tiered"]["stage_index"]) == ("big", 1)
 
 
-def test_a_text_answer_is_passed_on_unless_the_rule_accepts_it() -> None:
-    def build(accept: str) -> tuple[Gateway, OpenAIChat]:
-        small = llm("small", text("It is sunny."), tools=True)
-        big = llm("big", calls(GOOD), tools=True)
-        rules = {"small": LOGPROB_RULE}
-        return gateway({"small": small, "big": big}, rules, tools={"accept": accept}), big
-
-    gw, big = build("tool_call")
-    assert complete(gw, request())["tiered"]["stage"] == "big"
-    gw, big = build("rule")
+@pytest.mark.parametrize(
+    ("accept", "said", "answered_by"),
+    [
+        ("tool_call_or_rule", "It is sunny.", "small"),  # a confident text answer
+        ("tool_call_or_rule", GOOD, "small"),  # a call: no logprobs, still accepted
+        ("tool_call", "It is sunny.", "big"),
+        ("tool_call", GOOD, "small"),
+        ("rule", "It is sunny.", "small"),
+        ("rule", GOOD, "big"),  # the rule reads logprobs a call does not have
+    ],
+)
+def test_what_an_earlier_tool_stage_has_accepted_depends_on_accept(
+    accept: str, said: str | dict[str, Any], answered_by: str
+) -> None:
+    small = llm("small", text(said) if isinstance(said, str) else calls(said), tools=True)
+    big = llm("big", calls(GOOD), tools=True)
+    rules = {"small": LOGPROB_RULE}
+    gw = gateway({"small": small, "big": big}, rules, tools={"accept": accept})
     body = complete(gw, request())
-    assert body["choices"][0] == {
-        "index": 0,
-        "message": {"role": "assistant", "content": "It is sunny.", "refusal": None},
-        "logprobs": None,
-        "finish_reason": "stop",
-    }
-    assert sent(big) == []
+    assert body["tiered"]["stage"] == answered_by
+    if answered_by == "small" and isinstance(said, str):
+        assert body["choices"][0] == {
+            "index": 0,
+            "message": {"role": "assistant", "content": "It is sunny.", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
 
 
-def test_accept_rule_still_passes_a_malformed_call_on() -> None:
+@pytest.mark.parametrize("accept", ["rule", "tool_call_or_rule"])
+def test_a_malformed_call_is_passed_on_whatever_the_rule_says(accept: str) -> None:
     bad = tool_call("no_such_tool", "{}")
     small, big = llm("small", calls(bad), tools=True), llm("big", calls(GOOD), tools=True)
-    gw = gateway({"small": small, "big": big}, tools={"accept": "rule"})
+    gw = gateway({"small": small, "big": big}, tools={"accept": accept})  # rule: always
     assert complete(gw, request())["tiered"]["stage"] == "big"
 
 
@@ -350,6 +360,21 @@ def test_a_streamed_tool_call_arrives_in_pieces_that_add_up_as_openai_streams_th
     assert sum(1 for e in events[:-1] if e["choices"][0]["delta"].get("tool_calls")) > 3
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     assert events[-2]["tiered"]["stage"] == "big"
+
+
+def test_the_fake_upstream_calls_tools_as_openai_does_streamed_or_not() -> None:
+    with FakeUpstream() as up, oai(up.base_url.removesuffix("/v1")) as client:
+        resp = client.chat.completions.create(model="tools-call", messages=ASK, tools=[WEATHER])
+        (call,) = resp.choices[0].message.tool_calls or []
+        assert resp.choices[0].finish_reason == "tool_calls"
+        assert json.loads(call.function.arguments) == {"city": "test"}  # the required one
+        with client.chat.completions.stream(
+            model="tools-garbled", messages=ASK, tools=[WEATHER]
+        ) as stream:
+            got = stream.get_final_completion().choices[0].message.tool_calls or []
+        assert got[0].function.arguments == '{"unfinished": '
+        text = client.chat.completions.create(model="other", messages=ASK, tools=[WEATHER])
+        assert text.choices[0].message.content == "echo: Weather in Paris?"
 
 
 # --------------------------------------------------------------------------- end to end

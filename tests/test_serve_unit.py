@@ -1057,10 +1057,3 @@ def test_a_model_error_found_at_build_time_names_file_and_field(tmp_path: Path) 
     )
     with pytest.raises(ConfigError, match=r"gw\.yaml, field 'cascades\.1\.stages\.0\.model\.kind'"):
         Gateway.from_config(load_gateway_config(path), resources={"fakes": {"s": Scripted("s")}})
-
-
-@pytest.mark.parametrize("name", ["gateway-local.yaml", "gateway-openai.yaml"])
-def test_example_gateway_files_are_valid(name: str) -> None:
-    cfg = load_gateway_config(Path(__file__).resolve().parents[1] / "examples" / name)
-    assert cfg.cascades and "gemma" in cfg.servers
-    assert cfg.server.store is not None and Path(cfg.server.store).is_absolute()

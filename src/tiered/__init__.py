@@ -12,11 +12,11 @@ from tiered.core import (
 )
 from tiered.errors import ConfigError, DataError, TieredError
 from tiered.plugins import register_builtins as _register_builtins
+from tiered.version import __version__
 
 # the composition root: declare tiered's own model and rule kinds (nothing is imported yet)
 _register_builtins()
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AnswerBatch",

@@ -33,6 +33,7 @@ from tiered.calibrate.certify import (
     CertifySession,
     certify,
 )
+from tiered.calibrate.curve import frontier_record
 from tiered.calibrate.evaluate import evaluate_stages
 from tiered.calibrate.families import RuleFamily, default_families
 from tiered.calibrate.objective import Objective, QualityTarget
@@ -181,10 +182,7 @@ class Calibration:
             "oracle": {"quality": self.oracle_quality, "cost_per_item": self.oracle_cost},
             "rule_families": self.chosen.families,
             "cv": None if self.cv is None else self.cv.to_dict(),
-            "frontier": [
-                {"cost_per_item": p.cost, "quality": p.quality, "cascade": p.text()}
-                for p in self.frontier
-            ],
+            "frontier": [frontier_record(p) for p in self.frontier],
         }
         if self.notes:
             md["notes"] = list(self.notes)

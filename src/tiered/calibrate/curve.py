@@ -16,13 +16,22 @@ for a stretch of cost only it reaches.
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tiered.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tiered.calibrate.calibrator import FrontierPoint
+    from tiered.core.spec import CascadeSpec
+    from tiered.replay.view import LogView
 
 
 def mean_error(cost: np.ndarray, error: np.ndarray, lo: float, hi: float) -> float:
@@ -115,4 +124,105 @@ def shared_range(curves: Sequence[ErrorCostCurve]) -> tuple[float, float]:
     return lo, max(lo, hi)
 
 
-__all__ = ["ErrorCostCurve", "mean_error", "shared_range"]
+def frontier_record(point: FrontierPoint) -> dict[str, Any]:
+    """A frontier point as a cascade file's metadata keeps it: numbers, text, and (when every
+    rule is a built-in one) the stages and rules, so the frontier can be replayed on
+    another log (:func:`frontier_curve`)."""
+    rec: dict[str, Any] = {
+        "cost_per_item": point.cost,
+        "quality": point.quality,
+        "cascade": point.text(),
+    }
+    if all(type(r).__module__.startswith("tiered.core") for r in point.rules):
+        # one JSON line per point: the frontier stays a readable list in the YAML file
+        rules = [r.model_dump(mode="json") for r in point.rules]
+        rec["replay"] = json.dumps({"stages": list(point.stages), "rules": rules})
+    return rec
+
+
+@dataclass
+class CurveReport:
+    """A cascade file's frontier replayed on a log: points, curve and normalised area."""
+
+    rows: list[dict[str, Any]]  # kind (frontier, single, cascade), cost, quality, error, text
+    curve: ErrorCostCurve | None  # the frontier's (None: the file keeps no frontier)
+    area: float  # mean error over the curve's cost range (NaN without a curve)
+    cost_range: tuple[float, float]
+    top_cost: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "normalised_area": self.area,
+            "cost_range": list(self.cost_range),
+            "top_cost_per_item": self.top_cost,
+            "points": self.rows,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the points as CSV (``.csv``) or everything as JSON (any other suffix)."""
+        path = Path(path)
+        if path.suffix.lower() == ".csv":
+            cols = ["kind", "cost_per_item", "relative_cost", "quality", "error", "cascade"]
+            with path.open("w", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(self.rows)
+        else:
+            path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def frontier_curve(spec: CascadeSpec, view: LogView) -> CurveReport:
+    """Replay the frontier recorded in ``spec``'s metadata (by ``tiered calibrate``), the
+    cascade itself and every single model on ``view``: the held-out error–cost curve when
+    ``view`` is a log the cascade was not fitted on."""
+    from tiered.calibrate.evaluate import StageRef, evaluate_spec, evaluate_stages
+    from tiered.core.rules import Always, parse_rule
+
+    top_c = view.top()[2]
+    rows: list[dict[str, Any]] = []
+
+    def add(kind: str, cost: np.ndarray, quality: np.ndarray, text: str) -> None:
+        c, q = float(np.mean(cost)), float(np.nanmean(quality))
+        rows.append({"kind": kind, "cost_per_item": c,
+                     "relative_cost": c / top_c if top_c > 0 else math.nan,
+                     "quality": q, "error": 1.0 - q, "cascade": text})  # fmt: skip
+
+    front = []
+    for i, rec in enumerate(spec.metadata.get("frontier") or []):
+        if "replay" not in rec:
+            continue
+        try:
+            got = json.loads(rec["replay"])
+            names = list(got["stages"])
+            rules = [parse_rule(r) for r in got["rules"]]
+            refs = [
+                StageRef(n, view.log.model_index(n), r) for n, r in zip(names, rules, strict=False)
+            ]
+            refs.append(StageRef(names[-1], view.log.model_index(names[-1]), Always()))
+        except (ConfigError, ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(
+                f"frontier point {i} of the cascade file cannot be replayed: {exc}",
+                field=f"metadata.frontier.{i}",
+            ) from None
+        out = evaluate_stages(view, refs)
+        add("frontier", out.cost, out.quality, str(rec.get("cascade", "")))
+        front.append(rows[-1])
+    for j, name in enumerate(view.models):
+        add("single", view.cost[:, j], view.quality[:, j], name)
+    out = evaluate_spec(spec, view)
+    add("cascade", out.cost, out.quality, spec.name)
+    if not front:
+        return CurveReport(rows, None, math.nan, (math.nan, math.nan), top_c)
+    curve = ErrorCostCurve.of([r["cost_per_item"] for r in front], [r["quality"] for r in front])
+    return CurveReport(rows, curve, curve.mean_error(), (curve.lo, curve.hi), top_c)
+
+
+__all__ = [
+    "CurveReport",
+    "ErrorCostCurve",
+    "frontier_curve",
+    "frontier_record",
+    "mean_error",
+    "shared_range",
+]

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tiered.replay.view import LogView
 from tiered.core.cascade import Cascade, Gate
 from tiered.core.costs import CostModel, RecordedCost
 from tiered.core.rules import (
@@ -29,6 +28,7 @@ from tiered.core.rules import (
 from tiered.core.spec import BuildContext, CascadeSpec
 from tiered.errors import ConfigError
 from tiered.replay.model import Replay
+from tiered.replay.view import LogView
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tiered.replay.view import LogView
 from tiered.core.rules import (
     Agreement,
     AllOf,
@@ -41,6 +40,7 @@ from tiered.core.rules import (
     Window,
 )
 from tiered.core.signals import higher_is_confident
+from tiered.replay.view import LogView
 
 # Signals whose direction is known; others are tried both ways.
 KNOWN_SIGNALS = frozenset({"logprob", "max_prob", "margin", "entropy", "vote", "score"})

@@ -39,7 +39,10 @@ class GridPoint:
     quality: float
 
     def text(self, names: Sequence[str], signal: str | None) -> str:
-        parts = [f"{names[j]} [{signal} {t:.4g}]" for j, t in zip(self.models, self.thresholds)]
+        parts = [
+            f"{names[j]} [{signal} {t:.4g}]"
+            for j, t in zip(self.models, self.thresholds, strict=False)
+        ]
         return " -> ".join([*parts, names[self.models[-1]]])
 
 
@@ -119,7 +122,7 @@ def grid_frontier(
                 ]
                 if any(len(v) == 0 for v in levels):
                     continue
-                masks = [_accept(view, sig, j, v) for j, v in zip(models[:-1], levels)]
+                masks = [_accept(view, sig, j, v) for j, v in zip(models[:-1], levels, strict=True)]
                 c, q = _score(view, models, masks)
                 costs.append(c.ravel())
                 quals.append(q.ravel())

@@ -34,9 +34,9 @@ import numpy as np
 
 from tiered.calibrate.evaluate import StageRef, evaluate_stages
 from tiered.calibrate.families import Candidate, RuleFamily, default_families, never_candidate
-from tiered.replay.view import LogView
 from tiered.core.rules import Always
 from tiered.errors import ConfigError
+from tiered.replay.view import LogView
 
 # A cascade's structure: (model, rule family) per non-final stage, then (final model, "").
 Structure = tuple[tuple[int, str], ...]

@@ -157,9 +157,7 @@ def verdict(
     else:
         why = f"no cascade meets {target} for less than {top} on this log"
     line = f"{why}: use {top} alone"
-    alt = next(
-        (a for a in alternatives(cal, relaxed) if a.relative_cost <= 1.0 - min_saving), None
-    )
+    alt = next((a for a in alternatives(cal, relaxed) if a.relative_cost <= 1.0 - min_saving), None)
     if alt is not None and math.isfinite(alt.relative_cost):
         line += (
             f", or accept --min-quality {alt.min_quality} for {alt.relative_cost:.2f}× the "

@@ -1,4 +1,4 @@
-"""Command-line interface: ``tiered calibrate | eval | inspect | run | serve | demo``.
+"""Command-line interface: ``tiered batch | calibrate | eval | inspect | run | serve | demo``.
 
 Each command lives in its own module and registers itself on :data:`app`; heavy imports
 happen inside the commands so that ``tiered --help`` stays fast.
@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 import sys
 
+from tiered.cli import batch as batch  # registers `tiered batch`
 from tiered.cli import calibrate as calibrate  # registers `tiered calibrate`
 from tiered.cli import demo as demo  # registers `tiered demo`
 from tiered.cli import evaluate as evaluate  # registers `tiered eval`
 from tiered.cli import inspect_cascade as inspect_cascade  # `tiered inspect cascade.yaml [LOG]`
 from tiered.cli import inspect_log as inspect_log  # registers `tiered inspect`
+from tiered.cli import report as report  # registers `tiered report`
 from tiered.cli import run as run  # registers `tiered run`
 from tiered.cli import serve as serve  # registers `tiered serve`
 from tiered.cli.app import app

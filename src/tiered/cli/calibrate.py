@@ -51,12 +51,18 @@ def calibrate_cmd(
     rejects: Rejects = None,
     estimators: Annotated[
         bool,
-        typer.Option(
-            "--estimators",
-            help="Also try learned quality estimators (a FrugalGPT scorer, cascade routing); "
-            "keep the rule family that cross-validates best (slower).",
-        ),
+        typer.Option("--estimators", help="Same as --learned always.", hidden=True),
     ] = False,
+    learned: Annotated[
+        str,
+        typer.Option(
+            "--learned",
+            help="Learned rule families (quality estimators: a FrugalGPT scorer, cascade "
+            "routing): 'auto' trains them when the log's confidence signals are weak (within "
+            "2 minutes), 'always', or 'never'. They are kept only if they beat confidence "
+            "rules by 5% in cross-validation.",
+        ),
+    ] = "auto",
     confidence: Annotated[
         float | None,
         typer.Option(
@@ -77,31 +83,30 @@ def calibrate_cmd(
 
     from tiered.calibrate import SearchSettings, calibrate
     from tiered.calibrate.objective import Objective
+    from tiered.errors import ConfigError
     from tiered.replay.load import load_replay
 
     Objective.make(min_quality, budget)  # bad parameters fail before the log is read
+    if learned not in ("auto", "always", "never"):
+        raise ConfigError(
+            f"The 'learned' parameter must be auto, always or never. Got {learned!r} instead.",
+            field="learned",
+        )
     if confidence is not None:
         from tiered.calibrate.certify import check_certify_options
 
-        check_certify_options(confidence, tolerance, min_quality, budget, estimators)
+        check_certify_options(confidence, tolerance, budget, estimators)
     settings = SearchSettings(max_stages=max_stages, order=order)  # type: ignore[arg-type]
     console = Console()
     replay_log = load_replay(log, skip_bad=skip_bad, reject_path=rejects)
     print_load_summary(console, replay_log)
-    if estimators:
-        from tiered.cli.calibrate_estimators import calibrate_with_estimators_cli
+    if confidence is None:
+        from tiered.cli.calibrate_estimators import recommend_cli
 
-        calibrate_with_estimators_cli(
-            console,
-            replay_log,
-            out,
-            min_quality=min_quality,
-            budget=budget,
-            folds=folds,
-            seed=seed,
-            settings=settings,
-            plot=plot,
-        )
+        recommend_cli(
+            console, replay_log, out, min_quality=min_quality, budget=budget, folds=folds,
+            seed=seed, settings=settings, plot=plot, learned="always" if estimators else learned,
+        )  # fmt: skip
         return
     with console.status("calibrating ..."):
         cal = calibrate(
@@ -125,7 +130,8 @@ def calibrate_cmd(
         cascade = cal.spec.build(BuildContext(resources={"replay_log": replay_log}))
         _, report = evaluate_cascade(cascade, replay_log)
         report.cascade = out.name
-        plot_cost_quality(report, plot, frontier=[(p.cost, p.quality) for p in cal.frontier])
+        frontier = [(p.cost, p.quality) for p in cal.frontier]
+        plot_cost_quality(report, plot, frontier=frontier, target=cal.target, budget=budget)
         console.print(f"plot written to {plot}")
 
 

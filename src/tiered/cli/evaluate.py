@@ -80,6 +80,15 @@ def eval_cmd(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Write a cost–quality plot (PNG) here.")
     ] = None,
+    curve: Annotated[
+        Path | None,
+        typer.Option(
+            "--curve",
+            help="Replay the frontier 'tiered calibrate' recorded in CASCADE on LOG and write "
+            "its error–cost curve here (.csv, else JSON) with its normalised area (mean "
+            "error over its cost range); on a log it was not fitted on, the held-out curve.",
+        ),
+    ] = None,
     skip_bad: SkipBad = False,
     rejects: Rejects = None,
 ) -> None:
@@ -104,6 +113,25 @@ def eval_cmd(
     if plot is not None:
         plot_cost_quality(report, plot)
         console.print(f"plot written to {plot}")
+    if curve is not None:
+        from tiered.calibrate.curve import frontier_curve
+        from tiered.core.spec import CascadeSpec
+        from tiered.replay.view import LogView
+
+        got = frontier_curve(CascadeSpec.load(cascade), LogView.of(replay_log))
+        got.save(curve)
+        if got.curve is None:
+            console.print(
+                f"curve written to {curve}: single models and the cascade only ({cascade.name} "
+                "keeps no frontier; 'tiered calibrate' records one)"
+            )
+        else:
+            lo, hi = got.cost_range
+            console.print(
+                f"curve written to {curve}: {len(got.curve.cost)} frontier cascades; normalised "
+                f"area under the error–cost curve {got.area:.4f} (mean error over "
+                f"{usd(lo)}–{usd(hi)} per query)"
+            )
 
 
 __all__ = ["eval_cmd", "print_report"]

@@ -54,7 +54,8 @@ def inspect_cascade(
     from rich.markup import escape
     from rich.table import Table
 
-    from tiered.core.spec import BuildContext, CascadeSpec
+    from tiered.core.spec import BuildContext, CascadeSpec, load_cascade
+    from tiered.eval.metrics import check_signals
     from tiered.replay.load import load_replay
     from tiered.replay.model import Replay, replay_items
 
@@ -64,6 +65,9 @@ def inspect_cascade(
     console.print(f"{escape(str(path))}: cascade '{escape(spec.name)}', {len(spec.stages)} stages")
     if spec.metadata.get("objective"):
         console.print(f"objective: {escape(str(spec.metadata['objective']))}")
+    certificate = spec.metadata.get("certificate")
+    if isinstance(certificate, dict) and certificate.get("statement"):
+        console.print(f"certificate: {escape(str(certificate['statement']))}")
     table = Table(title=escape("stages" + (f" on {log_path}" if log_path else "")))
     for col in ("stage", "gate", "rule"):
         table.add_column(col, overflow="fold")
@@ -80,7 +84,8 @@ def inspect_cascade(
         return
     replay = load_replay(log_path, skip_bad=skip_bad, reject_path=rejects)
     ctx = BuildContext(base_dir=path.resolve().parent, resources={"replay_log": replay})
-    cascade = spec.build(ctx)
+    cascade = load_cascade(path, ctx)  # build errors name the file
+    check_signals(cascade)  # a signal the log lacks: named before anything runs
     result = cascade.run(replay_items(replay))
     n = len(result)
     for col in (

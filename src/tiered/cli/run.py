@@ -116,7 +116,9 @@ def run_cmd(
     no_progress: Annotated[
         bool, typer.Option("--no-progress", help="No live progress bar.")
     ] = False,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default: 0).")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, help="Random seed (default: 0).")
+    ] = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="Items per batch (default: 256).")
     ] = None,

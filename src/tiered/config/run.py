@@ -49,7 +49,8 @@ class InputConfig(BaseModel):
     text_field: Name = "text"
     id_field: Name | None = None
     label_field: Name | None = None
-    format: Literal["jsonl", "csv", "parquet"] | None = None
+    format: Literal["jsonl", "csv", "parquet"] | None = None  # default: by the file's extension
+    # fields a record must have (else it goes to the reject file), besides the text
     required_fields: list[Name] = Field(default_factory=list)
 
 
@@ -57,8 +58,9 @@ class StageConfig(BaseModel):
     """One stage: a model spec (``kind`` + parameters), its name and its price per call."""
 
     model_config = ConfigDict(extra="forbid")
-    name: Name | None = None
-    model: dict[str, Any]
+    name: Name | None = None  # in outputs and reports; default: the model's kind
+    model: dict[str, Any]  # a model spec: {kind: ..., parameters} (see the model kinds)
+    # USD per call (else the cost the model reports: a token-priced LLM's, or 0)
     usd_per_call: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="before")
@@ -98,8 +100,8 @@ class CheckpointConfig(BaseModel):
     """Commit a checkpoint after this many items or seconds, whichever comes first."""
 
     model_config = ConfigDict(extra="forbid")
-    every_items: int = Field(default=2000, ge=1)
-    every_seconds: float = Field(default=10.0, gt=0)
+    every_items: int = Field(default=2000, ge=1)  # items answered since the last checkpoint
+    every_seconds: float = Field(default=10.0, gt=0)  # seconds since the last checkpoint
 
 
 class RunConfig(BaseModel):
@@ -110,11 +112,14 @@ class RunConfig(BaseModel):
     cheap: list[StageConfig] = Field(min_length=1, max_length=MAX_STAGES - 1)
     expert: StageConfig
     online: OnlineConfig = Field(default_factory=OnlineConfig)
-    seed: int = 0
-    batch_size: int = Field(default=256, ge=1)
+    # the run's random seed (audits, exploration, learning): same seed, same run; numpy
+    # takes only seeds >= 0
+    seed: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=256, ge=1)  # records read and answered at a time
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     store: str | None = None
     rejects: str | None = None
+    # record every stage's answers as a replay log here (for `tiered calibrate`)
     replay_out: str | None = None
     # where the run reads and writes when the command line does not say (file paths
     # relative to the config's folder, or redis:// stream URLs: tiered.runner.streams)

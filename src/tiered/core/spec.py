@@ -124,6 +124,18 @@ def _cost(value: Any) -> CostModel:
 
 
 class StageSpec(BaseModel):
+    """One stage of a cascade file.
+
+    ```yaml
+    - name: llama3.2-3b     # the stage's name in outputs, traces and reports
+      model: {kind: replay, model: llama3.2-3b}  # what answers: a model kind + parameters
+      rule: {kind: threshold, signal: logprob, threshold: -0.21}  # when it answers
+      cost: 0.0002          # USD per call, a cost kind, or null: the cost the model reports
+      on_error: raise       # a failing call: raise, or defer its items to the next stage
+      gate: {kind: exante_gate, threshold: 0.5}  # optional: which items reach the stage
+    ```
+    """
+
     model_config = ConfigDict(extra="forbid")
     name: Name
     model: dict[str, Any]
@@ -150,7 +162,14 @@ class StageSpec(BaseModel):
 
 
 class CascadeSpec(BaseModel):
-    """The serializable description of a cascade."""
+    """The serializable description of a cascade.
+
+    ```yaml
+    name: mmlu-cascade        # the cascade's name (the model name a gateway serves)
+    stages: [...]             # cheapest first; the last one always answers
+    metadata: {objective: "quality >= top"}   # free-form: what calibration recorded
+    ```
+    """
 
     model_config = ConfigDict(extra="forbid")
     name: Name = "cascade"

@@ -137,10 +137,11 @@ def load_yaml(path: str | Path) -> tuple[Any, yaml.Node | None]:
         _check_shape(node, p)
         data = loader.construct_document(node)
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow
-        line = text.count("\n", 0, exc.position) + 1
         char = chr(exc.character) if isinstance(exc.character, int) else exc.character
         raise ConfigError(
-            f"invalid YAML: character {char!r} is not allowed", path=p, line=line
+            f"invalid YAML: character {char!r} is not allowed",
+            path=p,
+            line=text.count("\n", 0, exc.position) + 1,
         ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -166,6 +167,12 @@ def _show_input(value: Any) -> str:
     return shorten(repr(value), 80)
 
 
+def _field_part(key: int | str) -> str:
+    """One key of a field's path, printable and short (keys come from the file)."""
+    text = str(key)
+    return shorten(text if text.isprintable() else repr(text)[1:-1], 60)
+
+
 def validation_error_to_config_error(
     exc: ValidationError, *, path: str | Path | None = None, node: yaml.Node | None = None
 ) -> ConfigError:
@@ -173,7 +180,7 @@ def validation_error_to_config_error(
     err = exc.errors()[0]
     loc = [x for x in err["loc"] if isinstance(x, int | str)]
     # pydantic puts the union member's tag into loc for tagged unions; it is not a YAML key
-    field = ".".join(shorten(str(x), 60) for x in loc) or None
+    field = ".".join(_field_part(x) for x in loc) or None
     msg = shorten(err["msg"], 500)
     if err["type"] == "value_error":
         # our own validators' messages: they say what they got when it helps

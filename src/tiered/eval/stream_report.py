@@ -1,18 +1,19 @@
-"""The HTML report of ``tiered run --report``: one self-contained file, plots over time.
+"""The HTML report of a run (``tiered run --report``, ``tiered report STORE``).
 
-The input is the run's history (one row per batch, cumulative counters, as committed by
-the run store), its summary and its config. Plots are PNGs (matplotlib, Agg) embedded as
-base64, so the file can be mailed or attached to a ticket as it is.
-
-Rates "over time" are shown two ways: cumulative (what the run has done so far) and over
-a sliding window of recent items (what it is doing now, where a distribution shift shows).
+One self-contained UTF-8 file: what ran (date, tiered version, input, a readable table of
+the set-up), the headline figures (expert share, agreement with the expert, true when the
+expert's label is known for every item, accuracy against gold labels with the expert's
+own, the certified bound when the run tracks one, money saved), and plots over time
+(PNGs from :mod:`tiered.eval.stream_figures`, embedded as base64, so the file can be
+mailed or attached to a ticket as it is). Every setting is listed too, folded away.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import html
-import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,179 +21,10 @@ from typing import Any
 
 import numpy as np
 
-_EXPERT = "#d1495b"
-_CUMUL = "#1f3b5c"
-_AGREE = "#2e7d5b"
-_TARGET = "#e0a100"
-_TRUTH = "#5b7fa6"
-_STAGE_COLORS = ("#5b7fa6", "#66a182", "#8e7cc3", "#e0a100", "#4aa3a2", "#a0522d")
+from tiered.eval.metrics import format_usd
+from tiered.eval.stream_figures import column, has_bound, stream_figures, window_size
 
-
-def _col(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
-    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], dtype=float)
-
-
-def _window(n: np.ndarray, num: np.ndarray, w: int) -> np.ndarray:
-    """Rate of ``num`` per item over the last ``w`` items, from cumulative counts."""
-    n0 = np.concatenate([[0.0], n])
-    v0 = np.concatenate([[0.0], num])
-    j = np.searchsorted(n0, n - w, side="left")
-    j = np.minimum(j, np.arange(1, len(n0)) - 1)
-    dn = n - n0[j]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(dn > 0, (num - v0[j]) / dn, np.nan)
-
-
-def window_size(n_items: int) -> int:
-    """Items per sliding window: about a twentieth of the stream, within [100, 5000]."""
-    return int(min(5000, max(100, n_items // 20)))
-
-
-def _fig_png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def stream_figures(
-    history: Sequence[Mapping[str, Any]],
-    summary: Mapping[str, Any],
-    *,
-    learner_window: int | None = None,
-) -> dict[str, bytes]:
-    """The report's plots as PNG bytes: ``expert_share``, ``agreement``, ``cost``, ``stages``.
-
-    ``learner_window`` is the learner's own sliding window (items), for the legend of its
-    windowed agreement estimate.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: never needs a display
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, MultipleLocator, PercentFormatter
-
-    rows = [r for r in history if r.get("n", 0) > 0]
-    if not rows:
-        return {}
-    n = _col(rows, "n")
-    w = window_size(int(n[-1]))
-    calls = _col(rows, "expert_calls")
-    figs: dict[str, bytes] = {}
-
-    def axes(title: str, ylabel: str) -> tuple[Any, Any]:
-        fig, ax = plt.subplots(figsize=(9, 3.6), dpi=130)
-        ax.set_title(title, loc="left", fontsize=12, fontweight="bold")
-        ax.set_xlabel("items answered")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _p: f"{x:,.0f}"))
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-        ax.set_xlim(0, n[-1])
-        return fig, ax
-
-    def legend_below(ax: Any) -> None:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
-
-    # 1. expert share
-    fig, ax = axes("Share of items sent to the expert", "expert share")
-    ax.plot(n, _window(n, calls, w), color=_EXPERT, lw=1.8, label=f"last {w:,} items")
-    ax.plot(n, calls / n, color=_CUMUL, lw=1.4, ls="--", label="cumulative")
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    ax.set_ylim(0, 1.02)
-    legend_below(ax)
-    figs["expert_share"] = _fig_png(fig)
-
-    # 2. agreement with the expert: the audited estimate and its CI, the target
-    agree = _col(rows, "agreement")
-    lo, hi = _col(rows, "ci_low"), _col(rows, "ci_high")
-    win = _col(rows, "window_agreement")
-    target = summary.get("target")
-    truth_n, truth_agree = _col(rows, "truth_n"), _col(rows, "truth_agree")
-    has_truth = bool((np.nan_to_num(truth_n) > 0).any())
-    if np.isfinite(agree).any() or has_truth:
-        fig, ax = axes("Agreement with the expert", "agreement")
-        ok = np.isfinite(lo) & np.isfinite(hi)
-        if ok.any():
-            ax.fill_between(
-                n, lo, hi, where=ok, color=_AGREE, alpha=0.18, lw=0, label="95% CI (cumulative)"
-            )
-        ax.plot(n, agree, color=_AGREE, lw=2.0, label="audited estimate, cumulative")
-        if np.isfinite(win).any():
-            ax.plot(
-                n,
-                win,
-                color=_AGREE,
-                lw=1.0,
-                alpha=0.7,
-                ls="-.",
-                label=(
-                    f"audited estimate, last {learner_window:,} items"
-                    if learner_window
-                    else "audited estimate, recent items"
-                ),
-            )
-        if has_truth:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                true_cum = truth_agree / truth_n
-            ax.plot(
-                n, true_cum, color=_TRUTH, lw=1.4, ls=":", label="true (label column), cumulative"
-            )
-        if target is not None:
-            ax.axhline(float(target), color=_TARGET, lw=1.5, ls="--", label=f"target {target:g}")
-        seen = np.concatenate([a[np.isfinite(a)] for a in (agree, lo, win)])
-        bottom = min(float(np.min(seen)) if seen.size else 0.9, float(target or 1.0))
-        ax.set_ylim(max(0.0, bottom - 0.02), 1.005)
-        # whole-percent ticks only, so no two ticks print the same label
-        ax.yaxis.set_major_locator(MultipleLocator(0.05 if bottom < 0.8 else 0.02))
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-        legend_below(ax)
-        figs["agreement"] = _fig_png(fig)
-
-    # 3. money: cumulative spend against asking the expert everything
-    spent, only = _col(rows, "usd_spent"), _col(rows, "usd_expert_only")
-    if np.nanmax(np.nan_to_num(only)) > 0:
-        fig, ax = axes("Cumulative cost", "USD")
-        ax.plot(n, only, color=_CUMUL, lw=1.6, ls="--", label="expert only")
-        ax.plot(n, spent, color=_EXPERT, lw=1.8, label="tiered")
-        ax.fill_between(n, spent, only, color=_AGREE, alpha=0.12, lw=0, label="saved")
-        saving = 1 - spent[-1] / only[-1] if only[-1] > 0 else math.nan
-        if math.isfinite(saving):
-            ax.annotate(
-                # "\$": a pair of bare dollar signs would start matplotlib's math mode
-                f"\\${spent[-1]:,.2f} vs \\${only[-1]:,.2f}\nsaving {100 * saving:.0f}%",
-                xy=(n[-1], spent[-1]),
-                xytext=(-10, 20),
-                textcoords="offset points",
-                ha="right",
-                fontsize=10,
-            )
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _p: f"${x:,.2f}"))
-        ax.set_ylim(0, None)
-        legend_below(ax)
-        figs["cost"] = _fig_png(fig)
-
-    # 4. which stage answered, over a sliding window
-    names = list(summary.get("stage_share") or {})
-    if names:
-        fig, ax = axes(f"Who answered (last {w:,} items)", "share of items")
-        shares = []
-        for name in names:
-            cnt = np.array([float((r.get("stage_counts") or {}).get(name, 0)) for r in rows])
-            shares.append(np.nan_to_num(_window(n, cnt, w)))
-        colors = [
-            _EXPERT if s == "expert" else _STAGE_COLORS[i % len(_STAGE_COLORS)]
-            for i, s in enumerate(names)
-        ]
-        ax.stackplot(n, np.vstack(shares), labels=names, colors=colors, alpha=0.85)
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-        ax.set_ylim(0, 1)
-        legend_below(ax)
-        figs["stages"] = _fig_png(fig)
-    return figs
+_KEY_SETTINGS = ("target_agreement", "mu", "audit_rate", "warmup", "control", "confidence")
 
 
 def _fmt_pct(x: Any) -> str:
@@ -200,7 +32,13 @@ def _fmt_pct(x: Any) -> str:
 
 
 def _fmt_usd(x: Any) -> str:
-    return "–" if x is None else f"${float(x):,.2f}" if float(x) >= 1 else f"${float(x):.4g}"
+    return "–" if x is None else f"${float(x):,.2f}" if float(x) >= 1 else format_usd(float(x))
+
+
+def _last(history: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    values = column(history, key)
+    ok = values[np.isfinite(values)]
+    return float(ok[-1]) if ok.size else None
 
 
 def summary_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -213,19 +51,25 @@ def summary_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
             f"{_fmt_pct(s['expert_share'])} ({s['expert_calls']:,} calls, {s['audits']:,} audits)",
         ),
     ]
+    if s.get("true_agreement") is not None:
+        rows.append(("agreement with the expert (true, every item)", f"{s['true_agreement']:.3f}"))
     if s.get("agreement") is not None:
-        ci = ""
-        if s.get("ci_low") is not None and s.get("ci_high") is not None:
-            ci = f" (95% CI {s['ci_low']:.3f}–{s['ci_high']:.3f})"
-        rows.append(("agreement with the expert (audited)", f"{s['agreement']:.3f}{ci}"))
+        if not s.get("audits"):
+            value = f"{s['agreement']:.3f} (every answer is the expert's own: nothing to audit)"
+        else:
+            ci = ""
+            if s.get("ci_low") is not None and s.get("ci_high") is not None:
+                ci = f" (95% CI {s['ci_low']:.3f}–{s['ci_high']:.3f})"
+            value = f"{s['agreement']:.3f}{ci}"
+        rows.append(("agreement with the expert (audited estimate)", value))
+    if s.get("cs_low") is not None:
+        rows.append(("agreement, certified lower bound", f"≥ {s['cs_low']:.3f}"))
     if s.get("target") is not None:
         rows.append(("target agreement", f"{s['target']:.3f}"))
-    if s.get("true_agreement") is not None:
-        rows.append(("agreement with the expert (true)", f"{s['true_agreement']:.3f}"))
     if s.get("accuracy") is not None:
         rows.append(("accuracy vs gold", f"{s['accuracy']:.3f}"))
     if s.get("expert_accuracy") is not None:
-        rows.append(("expert's accuracy vs gold", f"{s['expert_accuracy']:.3f}"))
+        rows.append(("the expert's own accuracy vs gold", f"{s['expert_accuracy']:.3f}"))
     rows.append(("USD spent", _fmt_usd(s["usd_spent"])))
     rows.append(("USD if the expert answered all", _fmt_usd(s["usd_expert_only"])))
     if s.get("saving") is not None:
@@ -239,21 +83,170 @@ def summary_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _model_text(model: Mapping[str, Any]) -> str:
+    """A model spec in a few words: its kind and its short scalar settings."""
+    shown = [
+        f"{k}={v}"
+        for k, v in model.items()
+        if k not in ("kind", "name")
+        and isinstance(v, str | int | float)
+        and len(str(v)) <= 48
+        and "\n" not in str(v)
+    ][:4]
+    labels = model.get("labels")
+    if isinstance(labels, list) and labels:
+        shown.append("labels " + ", ".join(map(str, labels[:8])))
+    return f"{model.get('kind', '?')}" + (f" ({'; '.join(shown)})" if shown else "")
+
+
+def _stage_rows(config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(stage, model, price) of every stage, cheapest first."""
+    out = []
+    stages = [*(config.get("cheap") or []), config.get("expert")]
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, Mapping):
+            continue
+        model = stage.get("model") if isinstance(stage.get("model"), Mapping) else stage
+        is_expert = i == len(stages) - 1
+        name = "expert" if is_expert else str(stage.get("name") or model.get("kind", "?"))
+        price = stage.get("usd_per_call")
+        out.append(
+            (
+                name,
+                _model_text(model),
+                "reported by the model" if price is None else f"{format_usd(price)} per call",
+            )
+        )
+    return out
+
+
+def setup_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The run's set-up in a few readable rows (every setting is in :func:`settings_rows`)."""
+    rows: list[tuple[str, str]] = []
+    fields = config.get("input") if isinstance(config.get("input"), Mapping) else {}
+    read = [
+        f"{what} `{fields[key]}`"
+        for key, what in (("text_field", "text"), ("id_field", "id"), ("label_field", "gold"))
+        if fields.get(key)
+    ]
+    if read:
+        rows.append(("fields read", ", ".join(read)))
+    online = config.get("online") if isinstance(config.get("online"), Mapping) else {}
+    if online.get("target_agreement") is not None:
+        steer = f"hold agreement with the expert ≥ {online['target_agreement']}"
+        if online.get("control"):
+            steer += f" (controller: {online['control']}"
+            conf = online.get("confidence")
+            steer += f", {100 * float(conf):g}% confidence)" if conf is not None else ")"
+        rows.append(("objective", steer))
+    elif online:
+        mu = online.get("mu")
+        rows.append(("objective", f"cost coefficient mu = {0.1 if mu is None else mu}"))
+    if online.get("audit_rate") is not None:
+        rows.append(("audits", f"{_fmt_pct(online['audit_rate'])} of the cheap answers"))
+    if online.get("warmup") is not None:
+        rows.append(("warm-up", f"the first {online['warmup']:,} items go to the expert"))
+    for key in ("seed", "batch_size"):
+        if config.get(key) is not None:
+            rows.append((key.replace("_", " "), f"{config[key]}"))
+    return rows
+
+
+def settings_rows(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Every setting as (dotted key, value), nested sections flattened."""
+    rows: list[tuple[str, str]] = []
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            rows.extend(settings_rows(value, f"{path}."))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, v in enumerate(value):
+                rows.extend(settings_rows(v, f"{path}[{i}]."))
+        else:
+            rows.append((path, json.dumps(value, ensure_ascii=False, default=str)))
+    return rows
+
+
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:980px;
 color:#222;padding:0 1em}
 h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin-top:1.6em;color:#1f3b5c}
-.sub{color:#666;margin-top:0} h3{font-size:1em;margin:1.2em 0 .2em 0}
+h3{font-size:1em;margin:1.2em 0 .2em 0}
+.meta{color:#555;margin:.2em 0 0 0;font-size:.92em} .meta b{color:#222;font-weight:600}
 .cap{color:#555;margin:.2em 0;font-size:.92em}
 table{border-collapse:collapse;margin:.5em 0}
-td{padding:.3em 1.2em .3em 0;border-bottom:1px solid #eee}
-td:first-child{color:#555} td:last-child{font-weight:600;font-variant-numeric:tabular-nums}
+td,th{padding:.3em 1.2em .3em 0;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
+th{color:#1f3b5c;font-weight:600}
+table.kv td:first-child{color:#555} table.kv td:last-child{font-weight:600}
+td.num{font-variant-numeric:tabular-nums}
 .kpis{display:flex;gap:1em;flex-wrap:wrap;margin:1em 0}
 .kpi{background:#f5f7fa;border-radius:8px;padding:.8em 1.1em;min-width:150px}
 .kpi b{display:block;font-size:1.5em;color:#1f3b5c} .kpi span{color:#666;font-size:.9em}
 img{max-width:100%;margin:.4em 0 1em 0}
-pre{background:#f5f7fa;padding:1em;border-radius:6px;overflow-x:auto;font-size:.85em}
+code{background:#f5f7fa;padding:0 .25em;border-radius:3px}
+details{margin:1em 0} summary{cursor:pointer;color:#1f3b5c;font-weight:600}
 """
+
+_CAPTIONS = {
+    "expert_share": (
+        "Expert share",
+        "Share of items sent to the expert (the costly last stage): answered by it, or "
+        "audited (a cheap answer double-checked at random). High at the start while the "
+        "cheap stages learn; it rises again when the stream changes.",
+    ),
+    "agreement": (
+        "Agreement with the expert",
+        "How often the output label equals the expert's. The audited estimate comes from "
+        "the random audits, with its 95% interval; the run steers it to stay at or above "
+        "the target.",
+    ),
+    "accuracy": (
+        "Accuracy against the gold labels",
+        "How often the output equals the input's gold label, next to the expert's own "
+        "accuracy: the cheap stages learn to agree with the expert, its mistakes included.",
+    ),
+    "cost": (
+        "Cost",
+        "Money spent so far, against what sending every item to the expert would cost.",
+    ),
+    "stages": ("Stage mix", "Which stage gave the answer, over recent items."),
+}
+
+
+def _table(
+    rows: Sequence[Sequence[str]], header: Sequence[str] | None = None, cls: str = ""
+) -> list[str]:
+    esc = html.escape
+    out = [f"<table class='{cls}'>" if cls else "<table>"]
+    if header:
+        out.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
+    out += ["<tr>" + "".join(f"<td>{_code(c)}</td>" for c in row) + "</tr>" for row in rows]
+    out.append("</table>")
+    return out
+
+
+def _code(text: str) -> str:
+    """``text`` escaped, with `backquoted` parts as code."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _kpis(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    kpis = [(_fmt_pct(summary.get("expert_share")), "sent to the expert")]
+    target = "" if summary.get("target") is None else f", target {summary['target']:.3f}"
+    if summary.get("true_agreement") is not None:
+        kpis.append((f"{summary['true_agreement']:.3f}", f"agreement with the expert{target}"))
+    elif summary.get("agreement") is not None:
+        kpis.append((f"{summary['agreement']:.3f}", f"agreement (audited){target}"))
+    if summary.get("cs_low") is not None:
+        kpis.append((f"≥ {summary['cs_low']:.3f}", "agreement, certified"))
+    if summary.get("accuracy") is not None:
+        own = summary.get("expert_accuracy")
+        said = "accuracy vs gold" + ("" if own is None else f" (expert alone {own:.3f})")
+        kpis.append((f"{summary['accuracy']:.3f}", said))
+    kpis.append((_fmt_pct(summary.get("saving")), "saved vs expert only"))
+    kpis.append((f"{summary.get('items', 0):,}", "items answered"))
+    return kpis
 
 
 def render_stream_report(
@@ -262,66 +255,73 @@ def render_stream_report(
     summary: Mapping[str, Any],
     config: Mapping[str, Any],
     title: str = "tiered run",
+    input: str | None = None,
+    generated: dt.datetime | None = None,
 ) -> str:
-    """The report as one HTML string (plots embedded)."""
-    import yaml
+    """The report as one HTML string (plots embedded).
+
+    ``input`` is where the run read from; ``generated`` the report's time (default: now).
+    """
+    from tiered.version import __version__
 
     esc = html.escape
+    summary = dict(summary)
+    bound = _last(history, "cs_low") if has_bound(history) else None
+    if bound is not None:
+        summary.setdefault("cs_low", bound)
     online = config.get("online")
     window = online.get("window") if isinstance(online, Mapping) else None
     figs = stream_figures(history, summary, learner_window=window)
-    kpis = [
-        (_fmt_pct(summary.get("expert_share")), "sent to the expert"),
-        (
-            "–" if summary.get("agreement") is None else f"{summary['agreement']:.3f}",
-            "agreement (audited)"
-            + ("" if summary.get("target") is None else f", target {summary['target']:.3f}"),
-        ),
-        (_fmt_pct(summary.get("saving")), "saved vs expert only"),
-        (f"{summary.get('items', 0):,}", "items answered"),
+    when = (generated or dt.datetime.now().astimezone()).strftime("%Y-%m-%d %H:%M %Z").strip()
+    meta = [("generated", when), ("tiered", __version__)]
+    meta += [
+        (k, str(v))
+        for k, v in (
+            ("input", input),
+            ("output", summary.get("output")),
+            ("state store", summary.get("store")),
+        )
+        if v
     ]
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        f"<p class='sub'>output {esc(str(summary.get('output', '')))}</p>",
+        "<p class='meta'>" + " · ".join(f"{esc(k)} <b>{esc(v)}</b>" for k, v in meta) + "</p>",
         "<div class='kpis'>",
-        *(f"<div class='kpi'><b>{esc(v)}</b><span>{esc(k)}</span></div>" for v, k in kpis),
+        *(
+            f"<div class='kpi'><b>{esc(v)}</b><span>{esc(k)}</span></div>"
+            for v, k in _kpis(summary)
+        ),
         "</div>",
-        "<h2>Summary</h2><table>",
-        *(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in summary_rows(summary)),
-        "</table>",
+        "<h2>Summary</h2>",
+        *_table(summary_rows(summary), cls="kv"),
+        "<h2>Set-up</h2>",
+        *_table(_stage_rows(config), header=("stage", "model", "price")),
+        *_table(setup_rows(config), cls="kv"),
     ]
-    expert = "the expert (the costly last stage)"
-    captions = {
-        "expert_share": (
-            "Expert share",
-            f"Share of items sent to {expert}: answered by it, or audited (a cheap answer "
-            "double-checked at random). High at the start while the cheap stages learn; it "
-            "rises again when the stream changes.",
-        ),
-        "agreement": (
-            "Agreement with the expert",
-            "How often the output label equals the expert's, estimated from the random "
-            "audits, with its 95% confidence interval; the run steers to stay at or above "
-            "the target.",
-        ),
-        "cost": (
-            "Cost",
-            f"Money spent so far, against what sending every item to {expert} would cost.",
-        ),
-        "stages": ("Stage mix", "Which stage gave the answer, over recent items."),
-    }
     if figs:
         parts.append("<h2>Over time</h2>")
     for key, png in figs.items():
-        name, text = captions.get(key, (key, ""))
+        name, text = _CAPTIONS.get(key, (key, ""))
+        if key == "agreement" and column(history, "truth_n").max(initial=0) > 0:
+            text += (
+                " The true agreement is measured on every item, the expert's label "
+                "being free to read (a label column)."
+            )
+        if key == "agreement" and bound is not None:
+            text += (
+                " The certified lower bound comes from a confidence sequence: it holds "
+                "at every item at once, however often the run is looked at."
+            )
         b64 = base64.b64encode(png).decode("ascii")
         parts.append(f"<h3>{esc(name)}</h3><p class='cap'>{esc(text)}</p>")
         parts.append(f"<img alt='{esc(name)}' src='data:image/png;base64,{b64}'>")
-    parts.append("<h2>Config</h2>")
-    parts.append(f"<pre>{esc(yaml.safe_dump(dict(config), sort_keys=False))}</pre>")
-    parts.append("</body></html>")
+    settings = settings_rows(config)
+    parts.append(f"<details><summary>All settings ({len(settings)})</summary>")
+    parts += _table([(f"`{k}`", v) for k, v in settings], header=("setting", "value"))
+    parts.append("</details></body></html>")
     return "\n".join(parts)
 
 
@@ -332,17 +332,22 @@ def write_stream_report(
     summary: Mapping[str, Any],
     config: Mapping[str, Any],
     title: str = "tiered run",
+    input: str | None = None,
 ) -> Path:
-    """Write the self-contained HTML report to ``path``; returns it."""
+    """Write the self-contained HTML report to ``path`` (UTF-8); returns it."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    text = render_stream_report(history=history, summary=summary, config=config, title=title)
+    text = render_stream_report(
+        history=history, summary=summary, config=config, title=title, input=input
+    )
     p.write_text(text, encoding="utf-8")
     return p
 
 
 __all__ = [
     "render_stream_report",
+    "settings_rows",
+    "setup_rows",
     "stream_figures",
     "summary_rows",
     "window_size",

@@ -103,29 +103,58 @@ class StreamURL:
 
         A server that cannot be reached is a :class:`~tiered.errors.StoreError`.
         """
-        try:
-            import redis
-        except ImportError:
-            raise ConfigError(
-                "Redis streams need the redis client: pip install 'tiered[redis]'",
-                field=_FLAG[self.role],
-            ) from None
-        client = redis.Redis(
+        return connect_redis(
+            str(self),
             host=self.host,
             port=self.port,
             db=self.integer("db"),
             username=self.username,
             password=self.password,
-            ssl=self.scheme == "rediss",
-            decode_responses=decode,
-            health_check_interval=30,
+            tls=self.scheme == "rediss",
+            decode=decode,
+            field=_FLAG[self.role],
         )
-        try:
-            client.ping()
-        except redis.RedisError as exc:
-            client.close()
-            raise StoreError(f"cannot reach Redis at {self}: {exc}") from None
-        return client
+
+
+def connect_redis(
+    shown: str,
+    *,
+    host: str,
+    port: int,
+    db: int,
+    username: str | None,
+    password: str | None,
+    tls: bool,
+    decode: bool,
+    field: str,
+) -> redis.Redis:
+    """A client that answered ``PING``; ``shown`` names the server in errors (no password).
+
+    Without redis-py it is a :class:`~tiered.errors.ConfigError` naming ``field``; a
+    server that cannot be reached is a :class:`~tiered.errors.StoreError`.
+    """
+    try:
+        import redis
+    except ImportError:
+        raise ConfigError(
+            "Redis needs the redis client: pip install 'tiered[redis]'", field=field
+        ) from None
+    client = redis.Redis(
+        host=host,
+        port=port,
+        db=db,
+        username=username,
+        password=password,
+        ssl=tls,
+        decode_responses=decode,
+        health_check_interval=30,
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        raise StoreError(f"cannot reach Redis at {shown}: {exc}") from None
+    return client
 
 
 def parse_stream_url(text: str, *, role: Role) -> StreamURL:
@@ -184,4 +213,4 @@ def parse_stream_url(text: str, *, role: Role) -> StreamURL:
     return url
 
 
-__all__ = ["SCHEMES", "Role", "StreamURL", "is_stream_url", "parse_stream_url"]
+__all__ = ["SCHEMES", "Role", "StreamURL", "connect_redis", "is_stream_url", "parse_stream_url"]

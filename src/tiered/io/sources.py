@@ -11,14 +11,16 @@ A record becomes an :class:`~tiered.core.Item`: ``input`` is the text field, ``i
 id field (default: the line number for JSONL, the 1-based row number otherwise) and
 ``fields`` every other field of the record (the expert's label column, say). A bad
 record (invalid JSON, not an object, a missing/null/empty/non-string text field, a bad
-id, a missing required field, a CSV row with the wrong number of cells) is not an item:
-it is returned as a :class:`Reject` naming file, line and field, and the stream goes on.
+id, a missing required field, a CSV row with the wrong number of cells, and with
+``FieldMap.unique_ids`` an id an earlier record had) is not an item: it is returned as a
+:class:`Reject` naming file, line and field, and the stream goes on.
 Problems of the whole file (not found, a column missing from the header or schema) raise
 :class:`~tiered.errors.DataError` at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -30,8 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import numpy as np
+
 from tiered.core.items import Item
 from tiered.errors import DataError
+from tiered.io.seen_ids import SeenIds
 
 SourceFormat = Literal["jsonl", "csv", "parquet"]
 FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet")
@@ -55,6 +60,9 @@ class FieldMap:
     id_field: str | None = None
     label_field: str | None = None
     required_fields: tuple[str, ...] = ()
+    # reject a record whose id an earlier record had (each id is answered once); only
+    # with an id field: line and row numbers are unique anyway
+    unique_ids: bool = False
 
     def columns(self) -> list[str]:
         """Every field a file must have (for header and schema checks)."""
@@ -143,10 +151,21 @@ class FileSource:
 
     format: SourceFormat = "jsonl"
 
-    def __init__(self, path: str, fields: FieldMap) -> None:
+    def __init__(self, path: str, fields: FieldMap, *, stream: IO[bytes] | None = None) -> None:
         self.path = path
         self.fields = fields
         self.name = "<stdin>" if path == STDIN else path
+        # read in the place of stdin (stdin's first lines read ahead, then the rest of it)
+        self.stream = stream
+
+    def _open(self) -> IO[bytes]:
+        if self.stream is not None and self.path == STDIN:
+            return self.stream
+        return _open_binary(self.path)
+
+    def _close(self, handle: IO[bytes]) -> None:
+        if handle is not sys.stdin.buffer and handle is not self.stream:
+            handle.close()
 
     def _records(self, start: int) -> Iterator[tuple[int, int | None, Any, str | None]]:
         """Yield (offset, line, record dict or _Bad, raw text) from offset ``start`` on."""
@@ -214,13 +233,19 @@ class FileSource:
             raise ValueError("batch_size must be >= 1")
         start = 0 if start is None else int(start)
         limit = None if max_records is None else start + max_records
+        fm = self.fields
+        seen = SeenIds() if fm.unique_ids and fm.id_field is not None else None
+        records = self._records(start if seen is None else 0)
+        if seen is not None and start > 0:
+            records = self._skip_remembering(records, start, seen)
         items: list[Item] = []
         offsets: list[int] = []
         gold: list[str | None] = []
         rejects: list[Reject] = []
+        where: list[tuple[int | None, str]] = []  # each item's line and raw text
         first = start
         end = start
-        for offset, line, obj, raw in self._records(start):
+        for offset, line, obj, raw in records:
             if limit is not None and offset >= limit:
                 break
             end = offset + 1
@@ -229,18 +254,80 @@ class FileSource:
                     raise obj
                 item, g = self._item(obj, offset, line)
             except _Bad as bad:
-                where = str(DataError(bad.message, path=self.name, line=line, field=bad.field))
-                rejects.append(Reject(offset, line, bad.field, where, raw or ""))
+                rejects.append(self._reject(bad, offset, line, raw))
             else:
                 items.append(item)
                 offsets.append(offset)
                 gold.append(g)
+                where.append((line, raw or ""))
             if end - first >= batch_size:
-                yield SourceBatch(items, offsets, gold, rejects, first, end)
-                items, offsets, gold, rejects = [], [], [], []
+                yield self._batch(seen, items, offsets, gold, rejects, where, first, end)
+                items, offsets, gold, rejects, where = [], [], [], [], []
                 first = end
         if end > first:
-            yield SourceBatch(items, offsets, gold, rejects, first, end)
+            yield self._batch(seen, items, offsets, gold, rejects, where, first, end)
+
+    def _reject(self, bad: _Bad, offset: int, line: int | None, raw: str | None) -> Reject:
+        where = str(DataError(bad.message, path=self.name, line=line, field=bad.field))
+        return Reject(offset, line, bad.field, where, raw or "")
+
+    def _batch(
+        self,
+        seen: SeenIds | None,
+        items: list[Item],
+        offsets: list[int],
+        gold: list[str | None],
+        rejects: list[Reject],
+        where: list[tuple[int | None, str]],
+        first: int,
+        end: int,
+    ) -> SourceBatch:
+        """The batch, with the items whose id came before moved to the rejects."""
+        if seen is None or not items:
+            return SourceBatch(items, offsets, gold, rejects, first, end)
+        dup = seen.add([it.id for it in items])
+        if not dup.any():
+            return SourceBatch(items, offsets, gold, rejects, first, end)
+        keep = [i for i in range(len(items)) if not dup[i]]
+        for i in np.flatnonzero(dup):
+            line, raw = where[i]
+            why = (
+                f"duplicate id {_show(items[i].id)}: an earlier record has it "
+                "(each id is answered once)"
+            )
+            bad = _Bad(self.fields.id_field, why)
+            rejects.append(self._reject(bad, offsets[i], line, raw))
+        rejects.sort(key=lambda r: r.offset)
+        return SourceBatch(
+            [items[i] for i in keep],
+            [offsets[i] for i in keep],
+            [gold[i] for i in keep],
+            rejects,
+            first,
+            end,
+        )
+
+    def _skip_remembering(
+        self, records: Iterator[tuple[int, int | None, Any, str | None]], start: int, seen: SeenIds
+    ) -> Iterator[tuple[int, int | None, Any, str | None]]:
+        """The records from offset ``start`` on; the ids of the good records before it go
+        into ``seen``, so a resumed run rejects the ids it answered before the kill."""
+        ids: list[str] = []
+        for record in records:
+            offset, line, obj, _ = record
+            if offset >= start:
+                seen.add(ids)
+                ids = []
+                yield record
+            elif not isinstance(obj, _Bad):
+                try:
+                    ids.append(self._item(obj, offset, line)[0].id)
+                except _Bad:
+                    continue
+                if len(ids) >= 4096:
+                    seen.add(ids)
+                    ids = []
+        seen.add(ids)
 
     def records_hint(self) -> int | None:
         """Total records, for a progress bar: Parquet metadata, or a newline count (< 2 GB)."""
@@ -294,7 +381,7 @@ class JsonlSource(FileSource):
         return str(line)
 
     def _records(self, start: int) -> Iterator[tuple[int, int | None, Any, str | None]]:
-        handle = _open_binary(self.path)
+        handle = self._open()
         loads = json.loads
         try:
             for offset, raw in enumerate(handle):
@@ -317,8 +404,7 @@ class JsonlSource(FileSource):
                         obj = _Bad(None, "not valid JSON: a number of more than 4,300 digits")
                 yield offset, offset + 1, obj, text.rstrip("\r\n")
         finally:
-            if handle is not sys.stdin.buffer:
-                handle.close()
+            self._close(handle)
 
 
 class CsvSource(FileSource):
@@ -327,7 +413,7 @@ class CsvSource(FileSource):
     format: SourceFormat = "csv"
 
     def _records(self, start: int) -> Iterator[tuple[int, int | None, Any, str | None]]:
-        binary = _open_binary(self.path)
+        binary = self._open()
         text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
         # long texts (articles, transcripts) exceed csv's default 128 KiB cell limit
         csv.field_size_limit(2**31 - 1)
@@ -344,7 +430,7 @@ class CsvSource(FileSource):
             missing = [c for c in self.fields.columns() if c not in header]
             if missing:
                 raise DataError(
-                    f"column not in the CSV header; columns: {', '.join(header)}",
+                    f"column not in the CSV header; columns: {_one_line(', '.join(header))}",
                     path=self.name,
                     line=1,
                     field=missing[0],
@@ -378,8 +464,7 @@ class CsvSource(FileSource):
                 yield offset, line, dict(zip(header, row, strict=True)), raw
         finally:
             text.detach()
-            if binary is not sys.stdin.buffer:
-                binary.close()
+            self._close(binary)
 
 
 class ParquetSource(FileSource):
@@ -397,7 +482,7 @@ class ParquetSource(FileSource):
             pf = pq.ParquetFile(self.path)
         except FileNotFoundError:
             raise DataError("input file not found", path=self.path) from None
-        except (OSError, pa.ArrowException) as exc:
+        except (OSError, UnicodeDecodeError, pa.ArrowException) as exc:
             raise DataError(f"cannot read Parquet: {_one_line(exc)}", path=self.path) from None
         schema = pf.schema_arrow
         names = list(schema.names)
@@ -443,23 +528,63 @@ class ParquetSource(FileSource):
             ) from None
 
 
-def _one_line(exc: BaseException) -> str:
-    """A library's error message on one line, cut to a readable length."""
-    text = " ".join(str(exc).split())
+def _one_line(what: object) -> str:
+    """An error message (or a header) on one line, cut to a readable length."""
+    text = " ".join(str(what).split())
     return text if len(text) <= 200 else text[:197] + "..."
 
 
 def open_source(
-    path: str | Path, fields: FieldMap | None = None, format: str | None = None
+    path: str | Path,
+    fields: FieldMap | None = None,
+    format: str | None = None,
+    *,
+    stream: IO[bytes] | None = None,
 ) -> FileSource:
-    """A source for ``path`` (``-`` for stdin), its format from ``format`` or the extension."""
+    """A source for ``path`` (``-`` for stdin), its format from ``format`` or the extension.
+
+    ``stream``: read in the place of stdin (left open: the caller owns it).
+    """
     p = str(path)
     fm = fields or FieldMap()
     fmt = detect_format(p, format)
     if p != STDIN and not Path(p).exists():
         raise DataError("input file not found", path=p)
     cls = {"jsonl": JsonlSource, "csv": CsvSource, "parquet": ParquetSource}[fmt]
-    return cls(p, fm)
+    return cls(p, fm, stream=stream)
+
+
+def first_fields(path: str | Path, format: str | None = None, lines: int = 100) -> list[str] | None:
+    """The field names of the input file's first record (a CSV header, a Parquet schema,
+    the first JSON object among the first ``lines`` lines); None when there is none to read
+    (stdin, an unreadable file: the run itself reports those)."""
+    p = str(path)
+    try:
+        fmt = detect_format(p, format)
+        if p == STDIN or not Path(p).is_file():
+            return None
+        if fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            try:
+                return list(pq.ParquetFile(p).schema_arrow.names)
+            except pa.ArrowException:
+                return None
+        with _open_binary(p) as f:
+            if fmt == "csv":
+                text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
+                return next(csv.reader(text), None)
+            for raw, _ in zip(f, range(lines), strict=False):
+                if raw.isspace():
+                    continue
+                with contextlib.suppress(ValueError, RecursionError):
+                    obj = json.loads(raw)
+                    if isinstance(obj, dict):
+                        return list(obj)
+    except (DataError, OSError, ValueError, csv.Error):
+        return None
+    return None
 
 
 __all__ = [
@@ -474,5 +599,6 @@ __all__ = [
     "SourceBatch",
     "SourceFormat",
     "detect_format",
+    "first_fields",
     "open_source",
 ]

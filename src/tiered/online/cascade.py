@@ -577,7 +577,7 @@ class OnlineCascade:
             usd_spent=self.usd_spent,
             usd_expert_only=per_call * n,
             stage_answers={nm: int(c) for nm, c in zip(names, counts, strict=True)},
-            # over the meter's items: a fleet's meter (tiered.runner.fleet) counts every worker's
+            # over the meter's items: a fleet's meter (tiered.online.fleet) counts every worker's
             stage_share={
                 nm: int(c) / max(int(counts.sum()), 1) for nm, c in zip(names, counts, strict=True)
             },

@@ -191,7 +191,6 @@ class ThresholdController:
             stat = target
         horizon = max(self.window, n * self.config.horizon)
         required = target + (target - stat) * n / horizon * trust
-        required = float(np.clip(required, target - self.config.max_slack, 1.0))
         if self.config.control == "anytime":
             # Where the *bound* must go, in agreement the coming items need: each of their
             # disagreements moves the bound by more than one (``bound_inflation``).
@@ -202,7 +201,7 @@ class ThresholdController:
             # The recent stream is significantly below target (a shift): make it up now
             # rather than at the slow pace of the overall estimate.
             required = max(required, target + (target - window.agreement))
-        required = min(required, 1.0)
+        required = float(np.clip(required, target - self.config.max_slack, 1.0))
         self.required = required
         pred = self.predicted_agreement(scorers)
         ok = np.flatnonzero(pred >= required)

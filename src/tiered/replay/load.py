@@ -17,7 +17,8 @@ file, line and field; with ``skip_bad=True`` it goes to a reject file instead):
   with ``cost`` (USD, a finite number >= 0) and the quality: ``correct`` (JSON true/false;
   1 and 0 are refused, they are often a score) if present, else ``score`` (in [0, 1]).
 - ``answer`` may be null or absent (RouteLLM's MMLU records correctness only).
-- ``latency_ms``, ``tokens_in``, ``tokens_out`` are numbers >= 0 or null; ``samples`` a
+- ``latency_ms``, ``tokens_in``, ``tokens_out`` are numbers in [0, 1e15] or null (a cost
+  too is at most 1e15); ``samples`` a
   list of strings; ``task`` a string; ``input`` a string or a list of chat messages.
 - Every other numeric field of an output (``logprob``, ``score`` next to ``correct``, any
   numeric extra) becomes a confidence *signal*; booleans and strings are metadata and
@@ -62,6 +63,9 @@ from tiered.errors import DataError
 from tiered.replay.log import ReplayLog
 
 _INF = math.inf
+# Costs, latencies and token counts above this are not measurements; and a log's sums
+# and means of them must stay finite (two costs of 1e308 add up to infinity).
+_BIG = 1e15
 # Fields of an output with a fixed meaning; anything else numeric is a signal.
 _KNOWN = frozenset(
     {"answer", "correct", "score", "cost", "latency_ms", "tokens_in", "tokens_out", "samples"}
@@ -113,20 +117,26 @@ def _number(
         except OverflowError:  # an integer of hundreds of digits
             raise _Bad(field, f"is too large a number. Got {_show(value)} instead") from None
     # slow path: numeric subclasses (numpy scalars from a caller) are fine, the rest is not
-    if (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and not math.isnan(value)
-        and (infinite or not math.isinf(value))
-        and (lo is None or value >= lo)
-        and (hi is None or value <= hi)
-    ):
-        try:
-            return float(value)
-        except OverflowError:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    try:
+        as_float = float(value) if number else math.nan
+    except OverflowError:  # an integer of hundreds of digits
+        if hi is None or value <= hi:
             raise _Bad(field, f"is too large a number. Got {_show(value)} instead") from None
+        as_float = math.inf
+    if (
+        number
+        and not math.isnan(as_float)
+        and (infinite or not math.isinf(as_float))
+        and (lo is None or as_float >= lo)
+        and (hi is None or as_float <= hi)
+    ):
+        return as_float
     want = "a number"
-    if lo is not None and hi is not None:
+    if hi == _BIG:  # a sanity bound, named only to whom crosses it
+        big = number and as_float > hi
+        want = f"a number at most {hi:g}" if big else f"a number >= {lo:g}"
+    elif lo is not None and hi is not None:
         want = f"a number in [{lo:g}, {hi:g}]"
     elif lo is not None:
         want = f"a number >= {lo:g}"
@@ -175,15 +185,15 @@ def _parse_output(model: str, out: Any) -> _Output:
         quality = score_f
     if "cost" not in out:
         raise _Bad(f"{where}.cost", "is required (USD for this call, a number >= 0)")
-    cost = _number(out["cost"], f"{where}.cost", lo=0.0)
+    cost = _number(out["cost"], f"{where}.cost", lo=0.0, hi=_BIG)
     answer = out.get("answer")
     if answer is not None and not isinstance(answer, str):
         if isinstance(answer, bool) or not isinstance(answer, int | float):
             raise _Bad(f"{where}.answer", f"must be a string or null. Got {_show(answer)} instead")
         answer = str(answer)  # a bare number, e.g. a GSM8K result
-    latency = _number(out.get("latency_ms"), f"{where}.latency_ms", lo=0.0, null=True)
-    t_in = _number(out.get("tokens_in"), f"{where}.tokens_in", lo=0.0, null=True)
-    t_out = _number(out.get("tokens_out"), f"{where}.tokens_out", lo=0.0, null=True)
+    latency = _number(out.get("latency_ms"), f"{where}.latency_ms", lo=0.0, hi=_BIG, null=True)
+    t_in = _number(out.get("tokens_in"), f"{where}.tokens_in", lo=0.0, hi=_BIG, null=True)
+    t_out = _number(out.get("tokens_out"), f"{where}.tokens_out", lo=0.0, hi=_BIG, null=True)
     samples = out.get("samples")
     if samples is not None and (
         not isinstance(samples, list) or not all(isinstance(s, str) for s in samples)

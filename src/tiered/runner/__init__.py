@@ -9,7 +9,7 @@
 - :mod:`~tiered.runner.stream`: :class:`StreamRun`, one session: resume, stream,
   checkpoint, summarise.
 - :mod:`~tiered.runner.streams`: Redis Streams endpoints (a ``redis://`` INPUT or OUTPUT),
-  :mod:`~tiered.runner.fleet`: what the workers on one stream share (labels, audit counts,
+  :mod:`~tiered.online.fleet`: what the workers on one stream share (labels, audit counts,
   snapshots) to act as one cascade.
 - :mod:`~tiered.runner.files`: the file endpoints (input file or stdin; output, reject and
   replay files); :mod:`~tiered.runner.counters`, :mod:`~tiered.runner.summary`: what a run

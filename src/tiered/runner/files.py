@@ -7,6 +7,8 @@ truncated), ``fresh`` it is cut to nothing, ``resume`` it is cut back to its pos
 
 from __future__ import annotations
 
+import io
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from tiered.io.sinks import DecisionWriter, JsonlWriter
 from tiered.io.sources import STDIN, FieldMap, open_source
 from tiered.runner.checkpoint import Endpoints
 from tiered.runner.protocols import Opening, Position, Sink, SinkOpener
+from tiered.runner.reject_guard import check_input, read_ahead
 
 if TYPE_CHECKING:
     from tiered.config.run import InputConfig
@@ -75,9 +78,27 @@ def ensure_folders(paths: Mapping[str, Path | None]) -> None:
 
 def file_endpoints(plan: RunPlan) -> Endpoints:
     """The plan's input file (or stdin) and output, reject and replay files (their folders
-    are made when the run starts: :func:`ensure_folders`)."""
+    are made when the run starts: :func:`ensure_folders`).
+
+    The input's first records are checked first (:func:`check_input`): an input its
+    settings do not fit stops here, before the run's state or output exist. Each id is
+    answered once: a record repeating an earlier id goes to the reject file.
+    """
     inp = plan.config.input
-    source = open_source(plan.input, field_map(inp), format=inp.format)
+    fields = field_map(inp, unique_ids=True)
+    stream = None
+    if plan.input == STDIN and plan.max_reject_share < 1:
+        head, stream = read_ahead(sys.stdin.buffer, plan.reject_window)
+        ahead = open_source(STDIN, fields, format=inp.format, stream=io.BytesIO(head))
+        check_input(
+            ahead, max_share=plan.max_reject_share, window=plan.reject_window, limit=plan.limit
+        )
+    else:
+        ahead = open_source(plan.input, fields, format=inp.format)
+        check_input(
+            ahead, max_share=plan.max_reject_share, window=plan.reject_window, limit=plan.limit
+        )
+    source = open_source(plan.input, fields, format=inp.format, stream=stream)
     output = Path(plan.output)
     sinks: dict[str, SinkOpener] = {
         "output": DecisionFile(output),
@@ -93,13 +114,15 @@ def file_endpoints(plan: RunPlan) -> Endpoints:
     )
 
 
-def field_map(inp: InputConfig) -> FieldMap:
-    """The record fields a run reads, from the input config."""
+def field_map(inp: InputConfig, *, unique_ids: bool = False) -> FieldMap:
+    """The record fields a run reads, from the input config (``unique_ids``: reject a
+    record whose id came before, see :class:`~tiered.io.sources.FieldMap`)."""
     return FieldMap(
         text_field=inp.text_field,
         id_field=inp.id_field,
         label_field=inp.label_field,
         required_fields=tuple(inp.required_fields),
+        unique_ids=unique_ids,
     )
 
 

@@ -3,6 +3,11 @@
 :func:`make_plan` resolves a command line (a YAML config and an INPUT, or an INPUT alone
 in quick mode, see :func:`quick_config`) into a plan; a library caller may also build a
 :class:`RunPlan` directly from a :class:`~tiered.config.run.RunConfig`.
+
+Quick mode's expert is a column of the input (``--expert-field``), an OpenAI-compatible
+endpoint (``--expert openai:MODEL``, :func:`quick_expert`) or Gemma 3 270M in-process
+(``--expert local``); its ids come from the ``id`` field when the input file's records
+have one (else line or row numbers).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tiered.errors import ConfigError
+from tiered.runner.reject_guard import DEFAULT_MAX_SHARE, DEFAULT_WINDOW
 
 if TYPE_CHECKING:
     from tiered.config.run import RunConfig
@@ -26,6 +32,9 @@ class RunPlan:
     ``str``, and so is ``rejects`` by default for a stream input: its dead-letter stream;
     see :mod:`tiered.runner.streams`). ``exit_when_idle``: a stream input ends
     once it has been empty that many seconds (None: it waits for entries forever).
+    ``max_reject_share``, ``reject_window``: a file input is refused before the run starts
+    when its first ``reject_window`` records are all rejected, or more than this share of
+    them for the same field (:mod:`tiered.runner.reject_guard`; 1: never).
     """
 
     config: RunConfig
@@ -42,6 +51,8 @@ class RunPlan:
     base_dir: Path = field(default_factory=Path.cwd)
     config_path: Path | None = None
     exit_when_idle: float | None = None
+    max_reject_share: float = DEFAULT_MAX_SHARE
+    reject_window: int = DEFAULT_WINDOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,11 @@ class QuickOptions:
     expert_cost: float | None = None
     target_agreement: float | None = None
     embeddings: bool = False
+    expert: str | None = None  # openai:MODEL or local
+    base_url: str | None = None
+    api_key_env: str | None = None
+    labels: str | None = None  # comma-separated, as typed
+    prompt: str | None = None
 
     def given(self) -> list[str]:
         """The flags that were set, as written on the command line."""
@@ -78,19 +94,23 @@ def quick_config(
     text_field: str,
     id_field: str | None,
     label_field: str | None,
-    expert_field: str,
-    expert_cost: float,
+    expert_field: str | None = None,
+    expert_model: dict[str, Any] | None = None,
+    expert_cost: float | None = None,
     target_agreement: float | None,
     embeddings: bool,
     format: str | None,
     seed: int,
 ) -> RunConfig:
-    """The zero-config run: hashed n-grams (+ embeddings) in front of a label-column expert."""
+    """The zero-config run: hashed n-grams (+ embeddings) in front of the expert: the
+    label column ``expert_field``, or the model spec ``expert_model`` (an LLM)."""
     from pydantic import ValidationError
 
     from tiered.config import validation_error_to_config_error
     from tiered.config.run import RunConfig
 
+    if (expert_field is None) == (expert_model is None):
+        raise ConfigError("give the expert as a column or as a model, not both", field="--expert")
     cheap: list[dict[str, Any]] = [{"name": "hashed_ngram", "model": {"kind": "hashed_ngram"}}]
     if embeddings:
         cheap.append({"name": "embedding", "model": {"kind": "embedding"}})
@@ -103,11 +123,11 @@ def quick_config(
             "id_field": id_field,
             "label_field": label_field,
             "format": format,
-            "required_fields": [expert_field],
+            "required_fields": [expert_field] if expert_field else [],
         },
         "cheap": cheap,
         "expert": {
-            "model": {"kind": "label_column", "field": expert_field},
+            "model": expert_model or {"kind": "label_column", "field": expert_field},
             "usd_per_call": expert_cost,
         },
         "online": online,
@@ -119,6 +139,147 @@ def quick_config(
         err = validation_error_to_config_error(exc)
         flag = _QUICK_FLAGS.get(err.field or "", err.field)
         raise ConfigError(err.reason, field=flag) from exc
+
+
+DEFAULT_ID_FIELD = "id"
+LOCAL_EXPERT = "local"
+OPENAI_EXPERT = "openai:"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_KEY_ENV = "OPENAI_API_KEY"
+# a spec field of the LLM expert -> the quick-mode flag that set it
+_EXPERT_FLAGS = {
+    "labels": "--labels",
+    "words": "--labels",
+    "prompt": "--prompt",
+    "template": "--prompt",
+    "model": "--expert",
+    "base_url": "--base-url",
+    "api_key_env": "--api-key-env",
+}
+
+
+def default_id_field(input_arg: str, format: str | None) -> str | None:
+    """``id`` when the input file's first record has an ``id`` field, else None (line or
+    row numbers). Stdin and stream inputs are not read ahead for this: pass --id-field."""
+    from tiered.io.sources import first_fields
+    from tiered.runner.stream_paths import uses_streams
+
+    if uses_streams(input_arg, ""):
+        return None
+    names = first_fields(input_arg, format)
+    return DEFAULT_ID_FIELD if names is not None and DEFAULT_ID_FIELD in names else None
+
+
+def _labels(text: str | None) -> list[str]:
+    labels = [x.strip() for x in (text or "").split(",") if x.strip()]
+    if len(labels) < 2:
+        raise ConfigError(
+            "an LLM expert needs the labels to choose from, at least two: --labels "
+            "positive,negative",
+            field="--labels",
+        )
+    return labels
+
+
+def quick_expert(quick: QuickOptions) -> dict[str, Any] | None:
+    """The model spec of ``--expert`` (None: the expert is the ``--expert-field`` column).
+
+    ``openai:MODEL`` asks an OpenAI-compatible endpoint (``--base-url``, default OpenAI's)
+    to classify into ``--labels``; the key is read from the environment variable
+    ``--api-key-env`` names (default: OPENAI_API_KEY for OpenAI's endpoint, none for
+    another ``--base-url``: a key is never sent to a server it was not given for).
+    ``local`` is Gemma 3 270M in-process (llama.cpp). ``--prompt`` is the template, with
+    ``{input}`` (the text) and ``{labels}``.
+    """
+    import os
+
+    llm_flags = {
+        "--labels": quick.labels,
+        "--base-url": quick.base_url,
+        "--api-key-env": quick.api_key_env,
+        "--prompt": quick.prompt,
+    }
+    if quick.expert is None:
+        given = [flag for flag, value in llm_flags.items() if value is not None]
+        if given:
+            raise ConfigError(
+                f"{given[0]} is for an LLM expert: add --expert openai:MODEL or --expert local",
+                field=given[0],
+            )
+        return None
+    if quick.expert_field:
+        raise ConfigError(
+            "give the expert once: --expert (an LLM) or --expert-field (a column)",
+            field="--expert",
+        )
+    labels = _labels(quick.labels)
+    if quick.prompt is not None and "{input}" not in quick.prompt:
+        raise ConfigError(
+            "the prompt needs an {input} placeholder (where each record's text goes)",
+            field="--prompt",
+        )
+    expert = quick.expert.strip()
+    spec: dict[str, Any]
+    if expert == LOCAL_EXPERT:
+        for flag in ("--base-url", "--api-key-env"):
+            if llm_flags[flag] is not None:
+                raise ConfigError(f"{flag} is for --expert openai:MODEL", field=flag)
+        spec = {
+            "kind": "llamacpp",
+            "labels": labels,
+            "instruction": f"Classify each text as one of: {', '.join(labels)}.\n\n",
+        }
+        if quick.prompt is not None:
+            spec["template"] = quick.prompt
+    elif expert.startswith(OPENAI_EXPERT) and expert[len(OPENAI_EXPERT) :].strip():
+        key_env = quick.api_key_env
+        if key_env is None and quick.base_url in (None, OPENAI_BASE_URL):
+            key_env = OPENAI_KEY_ENV
+        if key_env is not None and not os.environ.get(key_env):
+            raise ConfigError(
+                f"the environment variable {key_env} holding the API key is not set: "
+                f"export {key_env}=... first (the key is read from it, never logged or stored)",
+                field="--api-key-env",
+            )
+        spec = {
+            "kind": "openai",
+            "model": expert[len(OPENAI_EXPERT) :].strip(),
+            "base_url": quick.base_url or OPENAI_BASE_URL,
+            "api_key_env": key_env,
+            "labels": labels,
+        }
+        if quick.prompt is not None:
+            spec["prompt"] = quick.prompt
+    else:
+        raise ConfigError(
+            f"unknown expert {quick.expert!r}: give openai:MODEL (an OpenAI-compatible "
+            "endpoint, e.g. openai:gpt-4o-mini) or local (Gemma 3 270M on this machine)",
+            field="--expert",
+        )
+    _check_expert(spec)
+    return spec
+
+
+def _check_expert(spec: dict[str, Any]) -> None:
+    """Validate the LLM expert's spec now, naming the flag that set a bad value."""
+    from pydantic import BaseModel
+
+    from tiered.models._params import spec_from_mapping
+
+    schema: type[BaseModel]
+    if spec["kind"] == "openai":
+        from tiered.models.llm.prompts import OpenAIChatSpec
+
+        schema = OpenAIChatSpec
+    else:
+        from tiered.models.llm.llamacpp import LlamaCppSpec
+
+        schema = LlamaCppSpec
+    try:
+        spec_from_mapping(schema, spec)
+    except ConfigError as exc:
+        name = (exc.field or "").removeprefix("model.").split(".")[0]
+        raise ConfigError(exc.reason, field=_EXPERT_FLAGS.get(name, "--expert")) from exc
 
 
 def _is_config(arg: str) -> bool:
@@ -163,22 +324,27 @@ def _config_of(
         if not uses_streams(source, "") and source != "-":
             source = str(resolve_path(source, base))
         return named, source, base, config_path
-    if not quick.expert_field:
-        raise ConfigError(
-            "quick mode (no config file) needs --expert-field: the input column holding the "
-            "expert's label",
-            field="--expert-field",
-        )
-    if quick.expert_cost is None:
-        raise ConfigError(
-            "quick mode needs --expert-cost: USD per expert answer (e.g. 0.002)",
-            field="--expert-cost",
-        )
+    expert_model = quick_expert(quick)
+    if expert_model is None:
+        if not quick.expert_field:
+            raise ConfigError(
+                "quick mode (no config file) needs an expert: --expert-field COLUMN (the input "
+                "column holding the expert's label), or an LLM: --expert openai:MODEL "
+                "--labels A,B,... (an OpenAI-compatible endpoint) or --expert local --labels "
+                "A,B,... (Gemma 3 270M on this machine)",
+                field="--expert-field",
+            )
+        if quick.expert_cost is None:
+            raise ConfigError(
+                "quick mode needs --expert-cost: USD per expert answer (e.g. 0.002)",
+                field="--expert-cost",
+            )
     cfg = quick_config(
         text_field=quick.text_field or "text",
-        id_field=quick.id_field,
+        id_field=quick.id_field or default_id_field(input_arg, format),
         label_field=quick.label_field,
-        expert_field=quick.expert_field,
+        expert_field=quick.expert_field if expert_model is None else None,
+        expert_model=expert_model,
         expert_cost=quick.expert_cost,
         target_agreement=quick.target_agreement,
         embeddings=quick.embeddings,
@@ -207,6 +373,7 @@ def make_plan(
     progress: bool = True,
     throttle_s: float = 0.0,
     exit_when_idle: float | None = None,
+    max_reject_share: float = DEFAULT_MAX_SHARE,
 ) -> RunPlan:
     """Resolve the command line (config mode or quick mode) into a :class:`RunPlan`.
 
@@ -255,7 +422,15 @@ def make_plan(
         base_dir=base,
         config_path=config_path,
         exit_when_idle=cfg.exit_when_idle if exit_when_idle is None else exit_when_idle,
+        max_reject_share=max_reject_share,
     )
 
 
-__all__ = ["QuickOptions", "RunPlan", "make_plan", "quick_config"]
+__all__ = [
+    "QuickOptions",
+    "RunPlan",
+    "default_id_field",
+    "make_plan",
+    "quick_config",
+    "quick_expert",
+]

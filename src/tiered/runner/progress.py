@@ -111,14 +111,8 @@ def print_summary(console: Console, s: RunSummary) -> None:
         "expert share",
         f"{_pct(s.expert_share)} ({s.expert_calls:,} expert calls, {s.audits:,} of them audits)",
     )
-    if s.agreement is not None:
-        ci = ""
-        if s.ci_low is not None and s.ci_high is not None:
-            ci = f" [{s.ci_low:.3f}, {s.ci_high:.3f}]"
-        tgt = f", target {s.target:.3f}" if s.target is not None else ""
-        t.add_row("agreement (audited)", f"{s.agreement:.3f}{ci} (95% CI){tgt}")
-    else:
-        t.add_row("agreement (audited)", "- (no audits yet)")
+    tgt = f", target {s.target:.3f}" if s.target is not None else ""
+    t.add_row("agreement (audited)", s.agreement_text() + tgt)
     if s.true_agreement is not None:
         t.add_row("agreement (true)", f"{s.true_agreement:.3f} vs the expert's label on every item")
     if s.accuracy is not None:

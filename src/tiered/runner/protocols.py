@@ -123,7 +123,7 @@ class SinkOpener(Protocol):
 @runtime_checkable
 class SharedLearning(Protocol):
     """Learning shared with other runs on the same stream: a fleet of workers that act as
-    one online cascade (:mod:`tiered.runner.fleet`). None of a run's business otherwise."""
+    one online cascade (:mod:`tiered.online.fleet`). None of a run's business otherwise."""
 
     def start(self, cascade: OnlineCascade, resumed: bool) -> None:
         """The cascade is built and restored (``resumed``: from this run's checkpoint)."""

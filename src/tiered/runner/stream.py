@@ -207,6 +207,7 @@ class StreamRun:
             summary=summary.to_dict(),
             config=plan.config.model_dump(mode="json"),
             title=f"tiered run: {Path(plan.input).name if plan.input != '-' else 'stdin'}",
+            input=str(plan.input),
         )
 
     def _handle(self, rc: RunCascade, cp: Checkpointer, batch: Batch, c: RunCounters) -> None:

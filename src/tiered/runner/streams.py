@@ -8,7 +8,7 @@
   and acknowledged in one atomic step (exactly once per input id across workers). A
   file INPUT may write to a stream too (a re-run after a kill skips the ids it holds).
 - With ``share=1`` (the default) the workers writing one output learn as one cascade
-  (:mod:`tiered.runner.fleet`).
+  (:mod:`tiered.online.fleet`).
 
 Each worker keeps its own checkpoints (learned state, counters) in a local store,
 ``OUT_STREAM.CONSUMER.tiered.sqlite`` by default; ``--fresh`` starts that over and never
@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 from tiered.io.redis_streams import RedisStreamSink, RedisStreamSource
 from tiered.io.redis_url import StreamURL, is_stream_url, parse_stream_url
 from tiered.io.sources import STDIN, open_source
+from tiered.online.fleet import Fleet
 from tiered.runner.checkpoint import Endpoints
 from tiered.runner.files import JsonlFile, field_map, file_endpoints
-from tiered.runner.fleet import Fleet
 from tiered.runner.protocols import Opening, Position, Sink, SinkOpener, Source
 from tiered.runner.stream_paths import stream_output, uses_streams
 

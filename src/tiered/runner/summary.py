@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import signal
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
+from tiered.errors import StoreError
 from tiered.runner.counters import LearnerStats, RunCounters
 
 
@@ -63,6 +65,21 @@ class RunSummary:
             return 0
         return 128 + (self.stop_signal or signal.SIGINT)
 
+    def agreement_text(self) -> str:
+        """The audited agreement for people, with its 95% interval once audits measured it.
+
+        Before any cheap stage answered, every output is the expert's own label: agreement
+        is 1 by construction, and an interval of [1.000, 1.000] would read as a measurement.
+        """
+        if self.agreement is None:
+            return "- (no audits yet)"
+        if self.audits == 0:
+            return f"{self.agreement:.3f} (every answer is the expert's own: nothing to audit)"
+        ci = ""
+        if self.ci_low is not None and self.ci_high is not None:
+            ci = f" [{self.ci_low:.3f}, {self.ci_high:.3f}] (95% CI)"
+        return f"{self.agreement:.3f}{ci}"
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["saving"] = self.saving
@@ -106,4 +123,48 @@ def summarise(
     )
 
 
-__all__ = ["RunSummary", "summarise"]
+@dataclass(frozen=True)
+class StoredRun:
+    """What a state store holds of a run: enough to write its report again."""
+
+    summary: RunSummary
+    history: list[dict[str, Any]]
+    config: dict[str, Any]
+    input: str
+
+
+def stored_run(path: str | Path) -> StoredRun:
+    """The run a state store (``tiered run --store``) holds, as of its last checkpoint."""
+    from tiered.config.run import EXPERT_STAGE, RunConfig
+    from tiered.store.runs import RunStore
+
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"no state store at {path} (a run writes it next to its output)")
+    with RunStore(path) as store:
+        identity = store.identity()
+        checkpoint = store.latest(with_learner=False)
+        if identity is None or checkpoint is None:
+            raise StoreError(f"the state store {path} holds no checkpointed run yet")
+        history, config = store.history(), store.config()
+    counters = RunCounters.from_json(checkpoint.counters)
+    last = history[-1] if history else {}
+    zero = {"n_items": 0, "expert_calls": 0, "audits": 0, "usd_spent": 0.0, "usd_expert_only": 0.0}
+    stats = LearnerStats(
+        **{f.name: last.get(f.name, zero.get(f.name)) for f in fields(LearnerStats)}
+    )
+    run = RunConfig.model_validate(config)
+    summary = summarise(
+        counters,
+        stats,
+        [s.stage_name for s in run.cheap] + [EXPERT_STAGE],
+        target=run.online.target_agreement,
+        output=identity.output,
+        store=str(path),
+    )
+    # in the order of the config file's keys (the store keeps them sorted)
+    ordered = run.model_dump(mode="json")
+    return StoredRun(summary=summary, history=history, config=ordered, input=identity.input)
+
+
+__all__ = ["RunSummary", "StoredRun", "stored_run", "summarise"]

@@ -367,7 +367,8 @@ def header_timeout_protocol(header_timeout_s: float) -> type[asyncio.Protocol] |
 def run_server(
     gateway: Gateway, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info"
 ) -> None:
-    """Serve ``gateway`` with uvicorn until interrupted (one process: budgets live in it)."""
+    """Serve ``gateway`` with uvicorn until interrupted (one process; replicas share state
+    through ``server.shared``)."""
     import uvicorn
 
     app = build_app(gateway)

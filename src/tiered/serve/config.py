@@ -14,8 +14,9 @@ server:                       # all optional; defaults shown
   stream_keepalive_s: 10      # a stream still waiting for its answer sends SSE comments
   stream_chunk_chars: 64      # the final text is streamed in pieces of about this size
   store: gateway.db           # SQLite: per-key spend and online-learning state
-  response_cache: false       # true: LLM stages cache responses in the store
-  tracing:                    # OpenTelemetry spans (pip install 'tiered[otel]'); off without
+  response_cache: false       # true: LLM stages cache responses in the store (or shared)
+  shared: redis://redis:6379/0  # replicas: spend, cache, online state in Redis (not store)
+  tracing:                    # OpenTelemetry spans (the otel extra); none when unset
     otlp_endpoint: http://127.0.0.1:4318   # an OTLP/HTTP collector
 auth:
   keys_file: keys.txt         # one key per line: "name: secret" or just "secret"
@@ -30,7 +31,7 @@ cascades:
     task: chat                # chat: the answering stage's text; classify: labels
     on_error: defer           # default for stages that set no on_error
     reserve_usd: 0.002        # worst-case USD per request, reserved against the budget
-    tools: {accept: tool_call}  # requests with tools: stages whose model takes them
+    tools: {accept: tool_call_or_rule}  # requests with tools: the stages that take them
     stages: [...]             # as in a cascade file (tiered.core.spec.StageSpec)
 ```
 
@@ -48,7 +49,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from tiered.config import load_yaml, validate_yaml
 from tiered.core.limits import MAX_NAME_CHARS, MAX_STAGES, Name
@@ -62,7 +63,7 @@ class TracingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # the collector's OTLP/HTTP address; /v1/traces is added unless the path names it
     otlp_endpoint: str = Field(min_length=1)
-    service_name: str = Field(default="tiered-gateway", min_length=1)
+    service_name: str = Field(default="tiered-gateway", min_length=1)  # names the spans' source
     # sent with every export (a hosted backend's key: prefer the standard
     # OTEL_EXPORTER_OTLP_HEADERS variable, which keeps it out of the file)
     headers: dict[str, str] = Field(default_factory=dict)
@@ -74,7 +75,7 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     deadline_s: float = Field(default=30.0, gt=0)
     max_in_flight: int = Field(default=256, ge=1)
-    retry_after_s: int = Field(default=1, ge=0)
+    retry_after_s: int = Field(default=1, ge=0)  # the Retry-After of a 429, in seconds
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     # slow or stalled clients: every wait for a client has a bound
     header_timeout_s: float = Field(default=10.0, gt=0)
@@ -90,9 +91,35 @@ class ServerSettings(BaseModel):
     response_cache: bool = False
     # OpenTelemetry (the otel extra); None: no spans, nothing imported, no cost
     tracing: TracingSettings | None = None
+    # redis://HOST:PORT/DB: several gateway processes as one service (budgets, response
+    # cache and online learned state in that Redis; tiered.store.redis_shared)
+    shared: str | None = None
+
+    @field_validator("shared")
+    @classmethod
+    def _shared_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            from tiered.store.redis_shared import parse_shared_url
+
+            try:
+                parse_shared_url(value)
+            except ConfigError as exc:
+                raise ValueError(exc.reason) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_home_for_state(self) -> ServerSettings:
+        if self.shared is not None and self.store is not None:
+            raise ValueError(
+                "set either 'store' (one gateway process: state in SQLite) or 'shared' "
+                "(replicas: spend, cache and learned state in Redis), not both"
+            )
+        return self
 
 
 class AuthSettings(BaseModel):
+    """API keys: without any, the gateway serves every client."""
+
     model_config = ConfigDict(extra="forbid")
     keys_file: str | None = None
     keys_env: str | None = None
@@ -101,9 +128,11 @@ class AuthSettings(BaseModel):
 
 
 class BudgetSettings(BaseModel):
+    """Spending limits in USD: a request that could exceed its key's budget gets 429."""
+
     model_config = ConfigDict(extra="forbid")
     default_usd: float | None = Field(default=None, ge=0)
-    per_key: dict[Name, float] = Field(default_factory=dict)
+    per_key: dict[Name, float] = Field(default_factory=dict)  # key name -> its own budget
 
     @model_validator(mode="after")
     def _non_negative(self) -> BudgetSettings:
@@ -122,11 +151,11 @@ class LocalServerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model_path: str | None = None  # default: Gemma 3 270M from its PyPI package
-    model_alias: Name = "local-gguf"
-    n_ctx: int = Field(default=2048, ge=128)
-    n_threads: int = Field(default=2, ge=1)
-    extra_args: list[str] = Field(default_factory=list)
-    startup_timeout_s: float = Field(default=180.0, gt=0)
+    model_alias: Name = "local-gguf"  # the model name stages send
+    n_ctx: int = Field(default=2048, ge=128)  # context length in tokens
+    n_threads: int = Field(default=2, ge=1)  # CPU threads of the server
+    extra_args: list[str] = Field(default_factory=list)  # more llama_cpp.server arguments
+    startup_timeout_s: float = Field(default=180.0, gt=0)  # wait this long for it to answer
 
 
 SERVER_REF = "server:"
@@ -162,7 +191,7 @@ class OnlineSettings(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow")
-    enabled: bool = True
+    enabled: bool = True  # false: keep the section, learn nothing
     # write the learned state to the store after this many newly processed items
     checkpoint_every_items: int = Field(default=256, ge=1)
 
@@ -185,13 +214,15 @@ class ToolSettings(BaseModel):
     Such requests run through the stages whose model takes tools (an ``openai`` model
     with ``tools: true``), or the ones named in ``stages``, in cascade order; the last of
     them answers whatever reaches it. An earlier one's answer is accepted when it is a
-    well-formed tool call (``accept: tool_call``), or when its own rule accepts it and it
-    is not a malformed call (``accept: rule``).
+    well-formed tool call or its own rule accepts it (``tool_call_or_rule``), only when it
+    is a well-formed tool call (``tool_call``), or only when its rule accepts it
+    (``rule``); a malformed call is never accepted.
     """
 
     model_config = ConfigDict(extra="forbid")
-    stages: list[Name] | None = Field(default=None, min_length=1)
-    accept: Literal["tool_call", "rule"] = "tool_call"
+    stages: list[Name] | None = Field(default=None, min_length=1)  # default: those taking tools
+    # when an earlier stage's answer to a request with tools is accepted (see above)
+    accept: Literal["tool_call_or_rule", "tool_call", "rule"] = "tool_call_or_rule"
 
 
 class CascadeEntry(BaseModel):
@@ -202,16 +233,16 @@ class CascadeEntry(BaseModel):
         min_length=1, max_length=MAX_NAME_CHARS, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
     )
     task: Literal["chat", "classify"] = "chat"
-    labels: list[Name] | None = None
+    labels: list[Name] | None = None  # classify: the label set, for readers (models set their own)
     stages: list[StageSpec] = Field(min_length=1, max_length=MAX_STAGES)
     on_error: Literal["raise", "defer"] | None = None
-    deadline_s: float | None = Field(default=None, gt=0)
+    deadline_s: float | None = Field(default=None, gt=0)  # default: server.deadline_s
     reserve_usd: float | None = Field(default=None, ge=0)
     # used for the worst-case cost of token-priced stages when the client sets none
     max_tokens: int = Field(default=256, ge=1)
     online: OnlineSettings | None = None
     tools: ToolSettings | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)  # free-form, for people
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     # where it was read from, for errors found when it is built: file, and field prefix
     _source: Path | None = PrivateAttr(default=None)

@@ -10,6 +10,7 @@
         ├── PayloadTooLargeError     413  body, message or batch over its limit
         ├── OverloadedError          429  in-flight limit reached (Retry-After)
         ├── NoAnswerError            502  the last stage gave no usable answer
+        ├── SharedStateError         503  replicas' shared Redis unreachable (Retry-After)
         └── DeadlineExceededError    504  the request's deadline passed
 
 Errors raised by the stages (``tiered.errors``) map too: an upstream timeout is a 504,
@@ -110,6 +111,12 @@ class NoAnswerError(GatewayError):
     code = "no_answer"
 
 
+class SharedStateError(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "shared_state_unavailable"
+
+
 class DeadlineExceededError(GatewayError):
     status = 504
     type = "timeout_error"
@@ -179,5 +186,6 @@ __all__ = [
     "OverloadedError",
     "PayloadTooLargeError",
     "RequestTimeoutError",
+    "SharedStateError",
     "error_response",
 ]

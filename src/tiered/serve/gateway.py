@@ -8,6 +8,10 @@ reserved, when every stage could bound its cost), whatever happened. Upstream ca
 shared only between requests of the same key (:func:`~tiered.models.llm.caller_scope`),
 so one client's cancellation never reaches another. The serving classes only translate
 between the wire formats and this path.
+
+With ``server.shared`` the budgets, the response cache and online learned state live in
+Redis, shared by every replica (:mod:`tiered.serve.replicas`); a reservation that Redis
+cannot take is a 503, never an unchecked request.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tiered.core.items import Item
-from tiered.errors import BudgetExceededError, UpstreamError
+from tiered.errors import BudgetExceededError, StoreError, UpstreamError
 from tiered.models.llm.openai_chat import caller_scope
 from tiered.models.llm.pricing import Budget, Reservation
 from tiered.serve.auth import KeyRing, Principal
@@ -35,10 +39,13 @@ from tiered.serve.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     OverloadedError,
+    SharedStateError,
 )
 from tiered.serve.metrics import GatewayMetrics
+from tiered.serve.replicas import SharedState
 from tiered.serve.tracing import CURRENT_RECORD, RequestTracer
 from tiered.store.gateway_spend import SpendTable
+from tiered.store.ledger import Ledger
 
 logger = logging.getLogger("tiered.serve")
 
@@ -110,8 +117,13 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def gateway_budget(settings: BudgetSettings, store: sqlite3.Connection | None) -> Budget:
-    """The keys' budget (one account per key name); spend is kept in the store if any."""
+def gateway_budget(
+    settings: BudgetSettings, store: sqlite3.Connection | None, ledger: Ledger | None = None
+) -> Budget:
+    """The keys' budget (one account per key name); the numbers live in ``ledger`` (the
+    replicas' Redis) if given, else in memory, with settled spend kept in the store if any."""
+    if ledger is not None:
+        return Budget(settings.default_usd, per_account=settings.per_key, ledger=ledger)
     log = SpendTable(store) if store is not None else None
     return Budget(settings.default_usd, per_account=settings.per_key, spend_log=log)
 
@@ -129,13 +141,18 @@ class Gateway:
         store: sqlite3.Connection | None = None,
         debug_log_prompts: bool = False,
         tracer: RequestTracer | None = None,
+        shared: SharedState | None = None,
     ) -> None:
         self.config = config
         self.server = config.server
         self.metrics = metrics or GatewayMetrics()
         self.keys = keys or KeyRing()
         self.store = store
-        self.budget = gateway_budget(config.budgets, store)
+        # state shared with the other replicas (server.shared); closed by close()
+        self.shared = shared
+        self.budget = gateway_budget(
+            config.budgets, store, shared.ledger if shared is not None else None
+        )
         self.limiter = InFlightLimiter(self.server.max_in_flight, self.server.retry_after_s)
         self.cascades = {c.name: c for c in cascades}
         self.debug_log_prompts = debug_log_prompts
@@ -158,6 +175,7 @@ class Gateway:
 
         servers = start_local_servers(config)
         store = None
+        shared_state = None
         served: list[ServedCascade] = []
         tracer = None
         try:
@@ -174,6 +192,10 @@ class Gateway:
                 "store": store,
                 "local_servers": {name: srv.base_url for name, srv in servers.items()},
             }
+            if config.server.shared is not None:
+                shared_state = shared["shared_state"] = SharedState.open(config)
+                if config.server.response_cache:
+                    shared["response_cache"] = shared_state.cache
             if config.server.response_cache and config.server.store is not None:
                 shared["store_path"] = config.server.store  # OpenAIChat's response cache
             for entry in config.cascades:
@@ -192,6 +214,8 @@ class Gateway:
                 tracer.shutdown()
             if store is not None:
                 store.close()
+            if shared_state is not None:
+                shared_state.close()
             for srv in servers.values():
                 srv.stop()
             raise
@@ -203,6 +227,7 @@ class Gateway:
             store=store,
             debug_log_prompts=debug_log_prompts,
             tracer=tracer,
+            shared=shared_state,
         )
         gateway.local_servers = servers
         return gateway
@@ -220,6 +245,9 @@ class Gateway:
             if self.store is not None:
                 self.store.close()
                 self.store = None
+            if self.shared is not None:
+                self.shared.close()
+                self.shared = None
             for srv in self.local_servers.values():
                 srv.stop()
             self.local_servers = {}
@@ -280,6 +308,12 @@ class Gateway:
             )
         except BudgetExceededError as exc:
             raise BudgetDeniedError(str(exc), headers={"x-should-retry": "false"}) from exc
+        except StoreError as exc:  # the replicas' Redis: no reservation, no request
+            logger.error("cannot reserve the request's budget: %s", exc)
+            raise SharedStateError(
+                "the gateway's shared state is unavailable; retry later",
+                headers={"retry-after": str(max(1, self.server.retry_after_s))},
+            ) from exc
         tally = Tally()
         record = CURRENT_RECORD.get() if self.tracer is not None else None
         if record is not None:
@@ -313,12 +347,21 @@ class Gateway:
         charged = self._charge(reservation, principal, usd)
         execution = Execution(request_id, served.name, outcomes, charged, tally)
         if record is not None:
-            record.execution = execution
+            record.answered(outcomes, charged)
         return execution
 
     def _charge(self, reservation: Reservation, principal: Principal, usd: float) -> float:
-        """Settle the request's reservation (capped when bounded); count what was charged."""
-        charged = self.budget.settle(reservation, usd)
+        """Settle the request's reservation (capped when bounded); count what was charged.
+
+        When the shared Redis fails here the request has been answered (and paid for
+        upstream): its charge is logged as lost rather than turned into an error, and its
+        reservation expires.
+        """
+        try:
+            charged = self.budget.settle(reservation, usd)
+        except StoreError as exc:
+            logger.error("charge of $%.6g to key '%s' not recorded: %s", usd, principal.name, exc)
+            return usd
         if charged > 0:
             self.metrics.budget_spent.labels(principal.name).inc(charged)
         return charged

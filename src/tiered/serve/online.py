@@ -11,6 +11,14 @@ step it started still completes and leaves the learner consistent. The learned s
 written to the gateway's state store (:class:`tiered.store.learner_state.LearnerStates`,
 arrays + JSON) every ``checkpoint_every_items`` items and at shutdown, and loaded at
 start-up; state learned with a different cascade config is refused rather than mixed in.
+
+Gateway replicas (``server.shared``) learn as one instead, as the workers of a Redis
+stream do (:class:`~tiered.online.fleet.Fleet`): after each step a replica publishes its
+expert labels, learns from the other replicas' new ones and adds its answers to the
+shared audit counts (the controller steers the replicas' agreement, not its own); every
+``snapshot_every`` seconds and at shutdown it saves the learned state to Redis, and a
+replica that starts loads the latest snapshot of the same config rather than starting
+cold.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tiered.core.cascade import Cascade
 from tiered.core.items import Item
@@ -31,6 +39,9 @@ from tiered.serve.protocol import StageTrace
 from tiered.store.fingerprint import json_fingerprint
 from tiered.store.learner_state import LearnerStates
 from tiered.store.state import encode_state
+
+if TYPE_CHECKING:
+    from tiered.online.fleet import Fleet
 
 logger = logging.getLogger("tiered.serve")
 
@@ -57,6 +68,7 @@ class OnlineServedCascade(ServedCascade):
         *,
         deadline_s: float,
         store: sqlite3.Connection | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         from tiered.online import OnlineCascade
 
@@ -75,11 +87,21 @@ class OnlineServedCascade(ServedCascade):
         self.checkpoint_every = entry.online.checkpoint_every_items
         self.states = LearnerStates(store) if store is not None else None
         self.hash = config_hash(entry)
+        self.fleet = fleet
         self._lock = asyncio.Lock()
         self._unsaved = 0
         if self.states is not None:
             self._load()
-        else:
+        if fleet is not None:
+            # our own checkpoint, when there is one, goes on; else the replicas' snapshot
+            fleet.start(self.learner, resumed=self.learner.n_items > 0)
+            if fleet.from_snapshot is not None:
+                logger.info(
+                    "online cascade '%s' starts from the replicas' snapshot (%d items)",
+                    self.name,
+                    self.learner.n_items,
+                )
+        elif self.states is None:
             logger.warning(
                 "online cascade '%s' has no store (server.store): what it learns is lost "
                 "when the gateway stops",
@@ -96,7 +118,21 @@ class OnlineServedCascade(ServedCascade):
         deadline_s: float,
         resources: dict[str, Any],
     ) -> ServedCascade:
-        return cls(entry, cascade, metrics, deadline_s=deadline_s, store=resources.get("store"))
+        shared = resources.get("shared_state")
+        fleet = shared.fleet(entry.name, config_hash(entry)) if shared is not None else None
+        try:
+            return cls(
+                entry,
+                cascade,
+                metrics,
+                deadline_s=deadline_s,
+                store=resources.get("store"),
+                fleet=fleet,
+            )
+        except BaseException:
+            if fleet is not None:
+                fleet.raw.close()
+            raise
 
     # ------------------------------------------------------------------ store
 
@@ -129,10 +165,13 @@ class OnlineServedCascade(ServedCascade):
         self.states.save(self.name, config_hash=self.hash, n_items=self.learner.n_items, blob=blob)
 
     def save(self) -> None:
-        """Write the learned state now (also done every ``checkpoint_every_items``)."""
+        """Write the learned state now (also done every ``checkpoint_every_items``, and
+        for replicas every ``snapshot_every`` seconds)."""
         if self.states is not None:
             self._write(self._state_blob())
             self._unsaved = 0
+        if self.fleet is not None:
+            self.fleet.save_snapshot()
 
     # ------------------------------------------------------------------ serving
 
@@ -140,6 +179,9 @@ class OnlineServedCascade(ServedCascade):
         async with self._lock:
             decisions = await self.learner.aprocess(items)
             self._unsaved += len(items)
+            if self.fleet is not None:
+                # network and learning from other replicas' labels: off the event loop
+                await asyncio.to_thread(self._share, items, decisions)
             if self.states is not None and self._unsaved >= self.checkpoint_every:
                 # encoding a large learner takes a while: off the event loop, still
                 # under the lock so no other step mutates it meanwhile
@@ -147,6 +189,14 @@ class OnlineServedCascade(ServedCascade):
                 self._write(blob)
                 self._unsaved = 0
             return decisions
+
+    def _share(self, items: Sequence[Item], decisions: list[Any]) -> None:
+        assert self.fleet is not None
+        try:
+            self.fleet.after_batch(items, decisions, count=True)
+        except StoreError as exc:
+            # the answers stand; this step's labels and counts are not shared
+            logger.warning("online cascade '%s' could not share a step: %s", self.name, exc)
 
     async def run(self, items: Sequence[Item]) -> list[ItemOutcome]:
         step = asyncio.ensure_future(self._step(items))
@@ -200,7 +250,10 @@ class OnlineServedCascade(ServedCascade):
 
     def close(self) -> None:
         try:
-            self.save()
+            if self.states is not None:
+                self._write(self._state_blob())
+            if self.fleet is not None:
+                self.fleet.close(completed=True)  # leaves a snapshot if it learned anything
         finally:
             super().close()
 

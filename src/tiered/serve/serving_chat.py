@@ -9,6 +9,8 @@ answering stage's text is the assistant message, and its tool calls the message'
 
 from __future__ import annotations
 
+from typing import Literal
+
 from tiered.core.items import Item
 from tiered.serve.auth import Principal
 from tiered.serve.engine import ServedCascade
@@ -151,7 +153,7 @@ class OpenAIServingChat(OpenAIServing):
         then its arguments in pieces), finish (with the trace), usage."""
         text, calls = self.answer(execution)
         cid = f"chatcmpl-{execution.request_id}"
-        finish = "tool_calls" if calls else "stop"
+        finish: Literal["stop", "tool_calls"] = "tool_calls" if calls else "stop"
         size = self.server.stream_chunk_chars
 
         def chunk(delta: DeltaMessage, trace: TieredTrace | None = None) -> bytes:

@@ -2,10 +2,15 @@
 
 A served chat cascade keeps, next to its own stages, a second cascade over the stages
 whose model takes tools (or those its ``tools.stages`` names), in the same order and
-sharing the same (instrumented) models. A request with tools runs through that one:
-every stage but its last is accepted on a well-formed tool call (``accept: tool_call``),
-or on its own rule unless its answer is a malformed call (``accept: rule``). With one
-such stage the request goes straight to it.
+sharing the same (instrumented) models. A request with tools runs through that one.
+An answer of every stage but its last is accepted (``accept``):
+
+- ``tool_call_or_rule`` (default): a well-formed tool call, or an answer the stage's own
+  rule accepts (a confident text answer, say), but never a malformed call;
+- ``tool_call``: only a well-formed tool call (text answers pass on);
+- ``rule``: what the stage's own rule accepts, but never a malformed call.
+
+With one such stage the request goes straight to it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 
 from tiered.core.cascade import Cascade, Stage
 from tiered.core.items import Item
-from tiered.core.rules import AllOf, DeferralRule, Not, Threshold
+from tiered.core.rules import AllOf, AnyOf, DeferralRule, Not, Threshold
 from tiered.errors import ConfigError
 from tiered.models.llm.tools import TOOL_CALL_SIGNAL, supports_tools, wants_tools
 from tiered.serve.config import CascadeEntry
@@ -39,7 +44,9 @@ class ToolRoute:
 def _accept_rule(stage: Stage, accept: str) -> DeferralRule:
     if accept == "tool_call":
         return WELL_FORMED
-    return AllOf(rules=[NOT_MALFORMED, stage.rule])
+    if accept == "rule":
+        return AllOf(rules=[NOT_MALFORMED, stage.rule])
+    return AllOf(rules=[NOT_MALFORMED, AnyOf(rules=[WELL_FORMED, stage.rule])])
 
 
 def tool_route(entry: CascadeEntry, cascade: Cascade) -> ToolRoute | None:
@@ -67,7 +74,7 @@ def tool_route(entry: CascadeEntry, cascade: Cascade) -> ToolRoute | None:
             "(mode: generate, endpoint: chat)",
             field="tools",
         )
-    accept = settings.accept if settings is not None else "tool_call"
+    accept = settings.accept if settings is not None else "tool_call_or_rule"
     last = chosen[-1]
     routed = [
         stages[k]

@@ -28,8 +28,7 @@ from tiered.errors import ConfigError
 from tiered.serve.config import TracingSettings
 
 if TYPE_CHECKING:
-    from tiered.serve.engine import Tally
-    from tiered.serve.gateway import Execution
+    from tiered.serve.engine import ItemOutcome, Tally
 
 INSTRUMENTATION = "tiered.serve"
 logger = logging.getLogger("tiered.serve")
@@ -43,14 +42,29 @@ class RequestRecord:
     cascade: str | None = None
     stages: list[str] = field(default_factory=list)
     tally: Tally | None = None
-    execution: Execution | None = None
+    # set when the cascade answered: per-item outcomes and what the request was charged
+    outcomes: list[ItemOutcome] | None = None
+    cost_usd: float = 0.0
 
     def begin(self, cascade: str, stages: list[str], tally: Tally) -> None:
         self.cascade, self.stages, self.tally = cascade, stages, tally
 
+    def answered(self, outcomes: list[ItemOutcome], cost_usd: float) -> None:
+        self.outcomes, self.cost_usd = outcomes, cost_usd
+
 
 # set by TracingMiddleware for the request being served; None when tracing is off
 CURRENT_RECORD: ContextVar[RequestRecord | None] = ContextVar("tiered_request", default=None)
+
+
+def _version() -> str:
+    # the distribution's metadata: ``tiered.__version__`` lives a layer above serve
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tiered")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def traces_url(endpoint: str) -> str:
@@ -78,10 +92,9 @@ class RequestTracer:
                 "server.tracing needs OpenTelemetry: pip install 'tiered[otel]'",
                 field="server.tracing",
             ) from exc
-        from tiered import __version__
-
+        version = _version()
         resource = Resource.create(
-            {"service.name": settings.service_name, "service.version": __version__}
+            {"service.name": settings.service_name, "service.version": version}
         )
         self.provider = TracerProvider(
             resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio))
@@ -95,7 +108,7 @@ class RequestTracer:
             self.provider.add_span_processor(BatchSpanProcessor(exporter))
         else:
             self.provider.add_span_processor(SimpleSpanProcessor(exporter))
-        self.tracer = self.provider.get_tracer(INSTRUMENTATION, __version__)
+        self.tracer = self.provider.get_tracer(INSTRUMENTATION, version)
         self._trace = trace
         self._propagate = propagate
 
@@ -117,17 +130,17 @@ class RequestTracer:
         principal = state.get("principal")
         if principal is not None:
             attrs["tiered.key"] = principal.name  # the key's name, never the key
-        ex = record.execution
+        outcomes = record.outcomes
         tally = record.tally
         if record.cascade is not None:
             attrs["tiered.cascade"] = record.cascade
-        if ex is not None:
-            attrs["tiered.cost_usd"] = ex.cost_usd
-            attrs["tiered.items"] = len(ex.outcomes)
-            attrs["tiered.stage"] = ",".join(sorted({o.stage for o in ex.outcomes}))
-            attrs["tiered.deferrals"] = sum(o.stage_index for o in ex.outcomes)
-            attrs["gen_ai.usage.input_tokens"] = sum(o.tokens_in for o in ex.outcomes)
-            attrs["gen_ai.usage.output_tokens"] = sum(o.tokens_out for o in ex.outcomes)
+        if outcomes is not None:
+            attrs["tiered.cost_usd"] = record.cost_usd
+            attrs["tiered.items"] = len(outcomes)
+            attrs["tiered.stage"] = ",".join(sorted({o.stage for o in outcomes}))
+            attrs["tiered.deferrals"] = sum(o.stage_index for o in outcomes)
+            attrs["gen_ai.usage.input_tokens"] = sum(o.tokens_in for o in outcomes)
+            attrs["gen_ai.usage.output_tokens"] = sum(o.tokens_out for o in outcomes)
         elif tally is not None:
             attrs["tiered.cost_usd"] = tally.cost_usd
         if status >= 400:
@@ -148,8 +161,8 @@ class RequestTracer:
     def _stage_spans(self, ctx: Any, record: RequestRecord, tally: Tally) -> None:
         trace = self._trace
         verdicts: dict[str, list[int]] = {}  # stage -> [accepted, deferred]
-        if record.execution is not None:
-            for o in record.execution.outcomes:
+        if record.outcomes is not None:
+            for o in record.outcomes:
                 for t in o.trace:
                     verdicts.setdefault(t.stage, [0, 0])[0 if t.accepted else 1] += 1
         for call in tally.calls:

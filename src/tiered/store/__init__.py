@@ -5,6 +5,10 @@
 - :mod:`tiered.store.learner_state`: the gateway's online cascades;
 - :mod:`tiered.store.gateway_spend`: what each gateway key has spent.
 
+Gateway replicas keep the same state in Redis instead (:mod:`tiered.store.redis_shared`):
+spend in :mod:`tiered.store.redis_spend` (a :class:`~tiered.store.ledger.Ledger`),
+responses in :mod:`tiered.store.redis_cache`.
+
 Each component's tables carry a schema version (:mod:`tiered.store.schema`). Learned state
 is saved as arrays + JSON (:mod:`tiered.store.state`): loading a store never runs code.
 """

@@ -8,6 +8,8 @@ recorded numbers while costing nothing.
 
 The table (``llm_cache``) lives in the same SQLite state store as a run's checkpoints
 (:func:`tiered.store.sqlite.connect`, WAL); other components own other tables there.
+Gateway replicas share one cache in Redis instead
+(:class:`tiered.store.redis_cache.RedisResponseCache`): both are a :class:`ResponseStore`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from tiered.errors import StoreError
 from tiered.store.fingerprint import json_fingerprint
@@ -63,6 +65,36 @@ class CachedResponse:
     tokens_out: int | None
     usd: float
     latency_ms: float
+
+
+@runtime_checkable
+class ResponseStore(Protocol):
+    """Where a model keeps responses already paid for (see the module docstring)."""
+
+    path: str | None  # the SQLite file, if the cache is one (a pickled model reopens it)
+    hits: int
+    misses: int
+
+    def get(self, key: str) -> CachedResponse | None:
+        """The response stored under ``key`` (None: not there)."""
+        ...
+
+    def put(
+        self,
+        key: str,
+        *,
+        base_url: str,
+        request: dict[str, Any],
+        response: dict[str, Any],
+        tokens_in: int | None,
+        tokens_out: int | None,
+        usd: float,
+        latency_ms: float,
+    ) -> None:
+        """Store ``response`` to ``request`` and what it cost under ``key``."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class ResponseCache:
@@ -166,4 +198,4 @@ class ResponseCache:
                 self._conn.close()
 
 
-__all__ = ["CachedResponse", "ResponseCache", "request_key"]
+__all__ = ["CachedResponse", "ResponseCache", "ResponseStore", "request_key"]

@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -205,7 +206,8 @@ class _Conn(asyncio.Protocol):
             status, payload, plan, request = self.server.respond(
                 method, path.split("?", 1)[0], body, headers
             )
-            if plan is _SIMPLE and self.worker is None and not self.queue:
+            simple = plan is _SIMPLE and not request.get("stream")
+            if simple and self.worker is None and not self.queue:
                 self.write_response(status, payload)  # the fast path: no task
             else:
                 self.queue.append((status, payload, plan, request))
@@ -295,12 +297,24 @@ class _Conn(asyncio.Protocol):
             text = self.server.text_for(request)
             pieces = [text[i : i + 8] for i in range(0, len(text), 8)] or [""]
             deltas = [{"content": piece} if chat else {"text": piece} for piece in pieces]
-        for k, delta in enumerate(deltas):
+        finish = "tool_calls" if calls else "stop"
+        envelope = {
+            "id": "chatcmpl-fake" if chat else "cmpl-fake",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": str(request.get("model", "fake")),
+        }
+        for k, delta in enumerate([*deltas, None]):
             if stop_after is not None and k >= stop_after:
                 self.close()
                 return
-            choice = {"index": 0, "delta": delta} if chat else {"index": 0, **delta}
-            event = {"id": "fake", "object": "chunk", "choices": [choice]}
+            if delta is None:  # the last chunk: why the answer ended
+                choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+                choice.update({"delta": {}} if chat else {"text": ""})
+            else:
+                choice = {"index": 0, "delta": delta} if chat else {"index": 0, **delta}
+                choice["finish_reason"] = None
+            event = {**envelope, "choices": [choice]}
             self.write(b"data: " + json.dumps(event).encode() + b"\n\n")
             await asyncio.sleep(0)
         if stop_after is not None:

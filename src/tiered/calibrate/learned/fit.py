@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from tiered.calibrate.learned.estimator import QualityEstimator
+from tiered.calibrate.learned.policy import LambdaFit, Replayer, fit_lambda
+from tiered.calibrate.learned.rules import CascadeRoute
 from tiered.calibrate.objective import Objective, QualityTarget
 from tiered.core.spec import CascadeSpec, StageSpec
 from tiered.errors import ConfigError
 from tiered.replay.log import ReplayLog
-from tiered.calibrate.learned.estimator import QualityEstimator
-from tiered.calibrate.learned.policy import LambdaFit, Replayer, fit_lambda
-from tiered.calibrate.learned.rules import CascadeRoute
 
 
 def routing_spec(

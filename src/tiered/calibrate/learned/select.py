@@ -31,13 +31,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from tiered.calibrate.learned.estimator import QualityEstimator
 from tiered.calibrate.learned.fit import RoutingFit, fit_cascade_routing
-from tiered.calibrate.learned.policy import Replayer, fit_lambda
+from tiered.calibrate.learned.policy import Replayer, Simulation, fit_lambda
 from tiered.calibrate.objective import Objective, QualityTarget
 from tiered.core.spec import CascadeSpec
 from tiered.errors import ConfigError
@@ -78,6 +78,23 @@ class FamilyCV:
         return self.cost / self.top_cost if self.top_cost > 0 else float("nan")
 
 
+class _Remembered:
+    """A replayer that remembers its runs: the λ fits of several margins and objectives
+    try the same grid of λ on the same rows."""
+
+    def __init__(self, replayer: Replayer) -> None:
+        self.replayer = replayer
+        self.c = replayer.c
+        self._runs: dict[tuple[float, bool], Simulation] = {}
+
+    def run(self, lam: float, lookahead: bool = True) -> Simulation:
+        key = (float(lam), lookahead)
+        got = self._runs.get(key)
+        if got is None:
+            got = self._runs[key] = self.replayer.run(lam, lookahead)
+        return got
+
+
 class OverBudget(Exception):
     """Fitting would take longer than the time allowed (``projected`` seconds in all)."""
 
@@ -111,7 +128,7 @@ class RoutingSession:
         self.heads = list(models) if models is not None else list(log.models)
         n = len(log)
         assign = np.random.default_rng(seed).permutation(n) % folds
-        self.runs: list[tuple[Replayer, Replayer, float, int, ReplayLog]] = []
+        self.runs: list[tuple[_Remembered, _Remembered, float, int, ReplayLog]] = []
         for k in range(folds):
             tr, te = log.subset(assign != k), log.subset(assign == k)
             est = make().fit(tr)
@@ -122,7 +139,10 @@ class RoutingSession:
                 if started + projected > deadline:
                     raise OverBudget(projected)
             top = _top(tr)
-            rep = (Replayer(est, tr, self.heads), Replayer(est, te, self.heads))
+            rep = (
+                _Remembered(Replayer(est, tr, self.heads)),
+                _Remembered(Replayer(est, te, self.heads)),
+            )
             self.runs.append((*rep, float(tr.mean_quality()[top]), top, te))
         self._estimator: QualityEstimator | None = None
         self.seconds = time.perf_counter() - started
@@ -141,10 +161,11 @@ class RoutingSession:
             cost = quality = 0.0
             for rep_tr, rep_te, fold_top, _, _ in runs:
                 target = _resolve(objective.min_quality, fold_top)
+                tr = cast(Replayer, rep_tr)
                 if budget_mode:
-                    fit = fit_lambda(rep_tr, target=target, budget=objective.budget * margin)  # type: ignore[operator]
+                    fit = fit_lambda(tr, target=target, budget=objective.budget * margin)  # type: ignore[operator]
                 else:
-                    fit = fit_lambda(rep_tr, target=None if target is None else target + margin)
+                    fit = fit_lambda(tr, target=None if target is None else target + margin)
                 sim = rep_te.run(fit.lam)
                 cost += float(sim.cost.sum())
                 quality += float(sim.quality.sum())

@@ -29,10 +29,13 @@ file and settings (a lock serialises them: one llama.cpp context).
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import math
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -121,6 +124,33 @@ _ENGINES: weakref.WeakValueDictionary[tuple[Any, ...], _Engine] = weakref.WeakVa
 _ENGINES_LOCK = threading.Lock()
 
 
+_LOG = logging.getLogger("tiered.llamacpp")
+_LOG_TAIL: deque[str] = deque(maxlen=12)  # llama.cpp's last lines, for a failed load's error
+_LOG_HOOK: list[Any] = []  # the installed C callback, kept alive while llama.cpp may call it
+
+
+def _quiet_llama_logs(llama_cpp: Any) -> None:
+    """Send llama.cpp's own log lines to the ``tiered.llamacpp`` logger, not the terminal.
+
+    llama-cpp-python's callback prints them to stderr by its own reading of ggml's log
+    levels, which newer ggml renumbered: with ``verbose=False`` a warning such as
+    "llama_kv_cache_iswa: using full-size SWA cache" still reached the terminal on every
+    load. A failed load quotes the last lines in its error instead.
+    """
+    if _LOG_HOOK:
+        return
+
+    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    def hook(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        line = text.decode("utf-8", "replace").rstrip()
+        if line:
+            _LOG_TAIL.append(line)
+            _LOG.debug("%s", line)
+
+    llama_cpp.llama_log_set(hook, ctypes.c_void_p(0))
+    _LOG_HOOK.append(hook)
+
+
 def _load_engine(path: str, n_ctx: int, n_batch: int, n_threads: int) -> _Engine:
     key = (path, n_ctx, n_batch, n_threads)
     with _ENGINES_LOCK:
@@ -128,12 +158,15 @@ def _load_engine(path: str, n_ctx: int, n_batch: int, n_threads: int) -> _Engine
         if engine is not None:
             return engine
         try:
+            import llama_cpp
             from llama_cpp import Llama
         except ImportError as exc:
             raise ConfigError(
                 "the llamacpp model needs llama-cpp-python: pip install 'tiered[llm]'",
                 field="model.kind",
             ) from exc
+        _quiet_llama_logs(llama_cpp)
+        _LOG_TAIL.clear()
         try:
             llm = Llama(
                 model_path=path,
@@ -145,7 +178,10 @@ def _load_engine(path: str, n_ctx: int, n_batch: int, n_threads: int) -> _Engine
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"cannot load GGUF model {path}: {exc}") from exc
+            said = "; ".join(_LOG_TAIL)
+            raise ModelError(
+                f"cannot load GGUF model {path}: {exc}" + (f" (llama.cpp: {said})" if said else "")
+            ) from exc
         engine = _ENGINES[key] = _Engine(llm)
         return engine
 

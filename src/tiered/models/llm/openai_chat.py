@@ -89,7 +89,7 @@ from tiered.models.llm.transport import (
     redact,
     upstream_message,
 )
-from tiered.store.response_cache import ResponseCache, request_key
+from tiered.store.response_cache import ResponseCache, ResponseStore, request_key
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class OpenAIChat:
         self,
         spec: OpenAIChatSpec | None = None,
         *,
-        cache: ResponseCache | str | Path | bool | None = None,
+        cache: ResponseStore | str | Path | bool | None = None,
         budget: Budget | None = None,
         normalizer: Normalizer | str | None = None,
         transport: Transport | None = None,
@@ -220,7 +220,9 @@ class OpenAIChat:
                     field="cache",
                 )
             cache = None
-        self.cache = ResponseCache(cache) if isinstance(cache, str | Path) else cache
+        self.cache: ResponseStore | None = (
+            ResponseCache(cache) if isinstance(cache, str | Path) else cache
+        )
         self.budget = budget if budget is not None else Budget(spec.max_usd)
         self.normalize = normalizer or resolve_normalizer(spec.normalizer)
         self.labels = LabelSet(spec.labels, spec.words) if spec.mode == "classify" else None
@@ -509,12 +511,12 @@ class OpenAIChat:
 # ---------------------------------------------------------------------------- building
 
 
-def _resolve_cache(spec: OpenAIChatSpec, ctx: BuildContext) -> ResponseCache | None:
+def _resolve_cache(spec: OpenAIChatSpec, ctx: BuildContext) -> ResponseStore | None:
     if spec.cache is False:
         return None
     if spec.cache is True:
         given = ctx.resources.get("response_cache")
-        if isinstance(given, ResponseCache):
+        if isinstance(given, ResponseStore):
             return given
         store = ctx.resources.get("store_path")
         if store is None:
@@ -535,7 +537,7 @@ def _resolve_cache(spec: OpenAIChatSpec, ctx: BuildContext) -> ResponseCache | N
 def build_openai_chat(spec: dict[str, Any], ctx: BuildContext) -> OpenAIChat:
     """Build an :class:`OpenAIChat` from its cascade-file mapping.
 
-    ``ctx.resources`` may hold ``response_cache`` (a :class:`ResponseCache`), ``store_path``
+    ``ctx.resources`` may hold ``response_cache`` (a :class:`ResponseStore`), ``store_path``
     (the run's SQLite store, cache table added there) and ``budget`` (a :class:`Budget`
     shared by several stages).
     """

@@ -12,8 +12,12 @@ name in the gateway). Spending goes in two steps:
    tokens cannot take spend past the cap.
 
 Every method is thread-safe and never awaits: one budget may be shared by stages on
-different event loops and by the gateway's loop. A :class:`SpendLog` (the gateway's
-store) makes settled spend survive a restart.
+different event loops and by the gateway's loop (and a settle on a cancellation path
+cannot itself be cancelled). The numbers live in a
+:class:`~tiered.store.ledger.Ledger`: this process's memory by default (a
+:class:`SpendLog`, the gateway's store, makes settled spend survive a restart), or Redis
+for gateway replicas (:class:`tiered.store.redis_spend.RedisLedger`), where the check and
+the reservation are one atomic step across processes.
 
 >>> b = Budget(1.0)
 >>> r = b.reserve(0.6)
@@ -36,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tiered.core.items import Item
 from tiered.errors import BudgetExceededError
+from tiered.store.ledger import Ledger, MemoryLedger, SpendLog
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +82,6 @@ class PricedModel(Protocol):
         ...
 
 
-class SpendLog(Protocol):
-    """Where settled spend is kept across restarts (the gateway's store:
-    :class:`tiered.store.gateway_spend.SpendTable`)."""
-
-    def totals(self) -> dict[str, float]:
-        """Spend so far per account."""
-        ...
-
-    def add(self, account: str, usd: float) -> None:
-        """Record ``usd`` more spent by ``account``."""
-        ...
-
-
 @dataclass(slots=True)
 class Reservation:
     """Budget held for one call or request until it is settled or released."""
@@ -100,13 +92,15 @@ class Reservation:
     # (some stage could not bound its cost); the charge is what is reported.
     bounded: bool = True
     settled: bool = False
+    token: str = ""  # names it in the budget's ledger
 
 
 class Budget:
     """USD caps per account; reserve the worst case first, settle to the real cost.
 
     ``max_usd`` is every account's cap (None: unlimited) unless ``per_account`` names
-    one. See the module docstring.
+    one. ``ledger`` keeps the numbers (default: a :class:`MemoryLedger` over
+    ``spend_log``). See the module docstring.
     """
 
     def __init__(
@@ -115,13 +109,14 @@ class Budget:
         *,
         per_account: Mapping[str, float] | None = None,
         spend_log: SpendLog | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
+        if ledger is not None and spend_log is not None:
+            raise ValueError("give a ledger or a spend_log, not both (a ledger keeps its own)")
         self.max_usd = max_usd
         self.per_account = dict(per_account or {})
-        self._log = spend_log
-        self._lock = threading.Lock()
-        self._spent: dict[str, float] = dict(spend_log.totals()) if spend_log is not None else {}
-        self._reserved: dict[str, float] = {}
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger(spend_log)
+        self._lock = threading.Lock()  # guards Reservation.settled
 
     def __repr__(self) -> str:
         return f"Budget(max_usd={self.max_usd}, spent_usd={self.spent_usd:.6f})"
@@ -133,10 +128,10 @@ class Budget:
         return self.per_account.get(account, self.max_usd)
 
     def spent(self, account: str = "") -> float:
-        return self._spent.get(account, 0.0)
+        return self.ledger.spent(account)
 
     def reserved(self, account: str = "") -> float:
-        return self._reserved.get(account, 0.0)
+        return self.ledger.reserved(account)
 
     def remaining(self, account: str = "") -> float | None:
         """What the account may still reserve (None: unlimited)."""
@@ -148,12 +143,12 @@ class Budget:
     @property
     def spent_usd(self) -> float:
         """Spend settled so far, all accounts together."""
-        return sum(self._spent.values())
+        return self.ledger.spent(None)
 
     @property
     def reserved_usd(self) -> float:
         """Reservations open now, all accounts together."""
-        return sum(self._reserved.values())
+        return self.ledger.reserved(None)
 
     # ------------------------------------------------------------------ spending
 
@@ -166,18 +161,15 @@ class Budget:
         """
         if not math.isfinite(usd) or usd < 0:
             raise ValueError(f"a reservation must be a finite amount >= 0, not {usd!r}")
-        with self._lock:
-            limit = self.limit(account)
-            if limit is not None:
-                spent, held = self.spent(account), self.reserved(account)
-                if spent + held + usd > limit or spent + held >= limit:
-                    whose = f"the budget of '{account}'" if account else "the cap max_usd"
-                    raise BudgetExceededError(
-                        f"{what} could cost up to ${usd:.6g}; with ${spent:.6g} spent and "
-                        f"${held:.6g} in flight that may exceed {whose} (${limit:.6g})"
-                    )
-            self._reserved[account] = self.reserved(account) + usd
-        return Reservation(account, usd, bounded)
+        limit = self.limit(account)
+        hold = self.ledger.reserve(account, usd, limit)
+        if not hold.granted:
+            whose = f"the budget of '{account}'" if account else "the cap max_usd"
+            raise BudgetExceededError(
+                f"{what} could cost up to ${usd:.6g}; with ${hold.spent:.6g} spent and "
+                f"${hold.held:.6g} in flight that may exceed {whose} (${limit:.6g})"
+            )
+        return Reservation(account, usd, bounded, token=hold.token)
 
     def settle(self, reservation: Reservation, actual_usd: float) -> float:
         """Replace ``reservation`` by the real cost; returns what was charged.
@@ -190,16 +182,17 @@ class Budget:
             if reservation.settled:
                 return 0.0
             reservation.settled = True
-            capped = reservation.bounded and actual > reservation.usd
-            charge = reservation.usd if capped else actual
-            account = reservation.account
-            left = self.reserved(account) - reservation.usd
-            # float sums drift; never leave a negative or dust reservation behind
-            self._reserved[account] = left if left > 1e-15 else 0.0
-            if charge > 0:
-                self._spent[account] = self.spent(account) + charge
-                if self._log is not None:
-                    self._log.add(account, charge)
+        capped = reservation.bounded and actual > reservation.usd
+        charge = reservation.usd if capped else actual
+        held = self.ledger.settle(reservation.account, reservation.token, reservation.usd, charge)
+        if not held:
+            log.warning(
+                "a reservation of $%.6g for '%s' had expired before it was settled "
+                "(a request outlived its hold): charged $%.6g",
+                reservation.usd,
+                reservation.account,
+                charge,
+            )
         if capped:
             log.warning(
                 "reported cost $%.6g is above its reservation $%.6g: charged $%.6g",

@@ -1,7 +1,10 @@
-"""Many workers, one cascade that learns: what the workers of one Redis output share.
+"""Many processes, one cascade that learns: what they share through Redis.
 
 Workers reading one stream through one consumer group (:mod:`tiered.io.redis_streams`)
-and writing one output stream ``OUT`` behave as one online cascade:
+and writing one output stream ``OUT`` behave as one online cascade, and so do the
+replicas of a gateway serving an online classify cascade (``OUT`` is then
+``PREFIX:online:CASCADE``; with no output stream, each replica adds its answers to the
+counters itself: ``after_batch(..., count=True)``):
 
 - **Audit counts** live in the hash ``OUT:fleet`` (``stage:NAME``, ``called``,
   ``audits``, ``agree``). The output sink's atomic step adds a row's counts in the step
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,7 +42,7 @@ from tiered.store.state import decode_state, encode_state
 if TYPE_CHECKING:
     import redis
 
-    from tiered.online import OnlineCascade, OnlineDecision
+    from tiered.online.cascade import OnlineCascade, OnlineDecision
 
 _LABEL_POLL = 50  # label entries (batches) learned per batch answered: catch up gradually
 
@@ -165,9 +169,12 @@ class Fleet:
         if self.meter is not None:
             self.meter.set_fleet({k: int(v) for k, v in totals.items()})
 
-    def after_batch(self, items: Sequence[Item], decisions: Sequence[OnlineDecision]) -> None:
+    def after_batch(
+        self, items: Sequence[Item], decisions: Sequence[OnlineDecision], *, count: bool = False
+    ) -> None:
         """Publish this batch's expert labels, learn from the other workers' new ones,
-        save a snapshot when one is due."""
+        save a snapshot when one is due. ``count``: also add the batch to the fleet's
+        counters (when no output sink does it) and take the fleet's totals."""
         cascade = self.cascade
         assert cascade is not None, "start() first"
         mine = [
@@ -176,6 +183,14 @@ class Fleet:
             if d.expert_label is not None
         ]
         pipe = self.client.pipeline(transaction=False)
+        if count:
+            added: Counter[str] = Counter()
+            for d in decisions:
+                for name, inc in self.tally(d.to_dict()):
+                    added[name] += inc
+            for name, inc in added.items():
+                pipe.hincrby(self.keys.counters, name, inc)
+            pipe.hgetall(self.keys.counters)
         if mine:
             data = json.dumps(mine, ensure_ascii=False, default=str)
             pipe.xadd(
@@ -185,9 +200,11 @@ class Fleet:
                 approximate=True,
             )
         pipe.xread({self.keys.labels: self.cursor}, count=_LABEL_POLL)
-        reply = self._redis("sharing labels", pipe.execute)[-1]
+        replies = self._redis("sharing labels", pipe.execute)
+        if count:
+            self.on_totals(replies[-3] if mine else replies[-2])
         self.labels_shared += len(mine)
-        self._learn(reply)
+        self._learn(replies[-1])
         self._dirty = True
         if time.monotonic() >= self._next_snapshot:
             self.save_snapshot()

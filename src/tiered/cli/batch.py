@@ -1,0 +1,187 @@
+"""``tiered batch CONFIG INPUT -o OUTDIR``: label a large file or folder on Ray Data.
+
+The config is a ``tiered run`` config. Its online cascade learns on a sample of the
+input (``--learn`` records) in this process; then the cascade is frozen and Ray answers
+the rest, one ``map_batches`` actor pool per stage, audits going on at scale. Answers go
+to ``OUTDIR/part-NNNNNN.parquet``, one file per partition of the input; running the
+same command again (after a kill, say) skips the partitions already written. The run
+itself is :mod:`tiered.runner.ray_batch`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from tiered.cli.app import app
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tiered.runner.ray_batch import BatchResult
+
+
+@app.command("batch")
+def batch_cmd(
+    config: Annotated[
+        Path, typer.Argument(help="Run config (YAML), as for `tiered run`.", show_default=False)
+    ],
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help="A JSONL, CSV or Parquet file, or a folder of them (read in path order).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Output folder: one Parquet file per partition (and rejects/, the saved state).",
+            show_default=False,
+        ),
+    ],
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="A running Ray cluster: auto, or ray://HOST:PORT (default: start a local Ray "
+            "for this run, using every CPU).",
+            show_default=False,
+        ),
+    ] = None,
+    in_process: Annotated[
+        bool,
+        typer.Option(
+            "--in-process", help="No Ray: run the same steps one after another in this process."
+        ),
+    ] = False,
+    learn: Annotated[
+        int,
+        typer.Option(
+            "--learn",
+            min=0,
+            help="Records the online cascade learns on before it is frozen (whole partitions, "
+            "spread over the input; 0: no learning, every item to the expert).",
+        ),
+    ] = 5000,
+    partition_records: Annotated[
+        int,
+        typer.Option("--partition-records", min=1, help="Records per partition (per output file)."),
+    ] = 10_000,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="Input format: jsonl, csv or parquet (default: by extension)."
+        ),
+    ] = None,
+    actor_cpus: Annotated[
+        float | None,
+        typer.Option(
+            "--actor-cpus",
+            min=0.01,
+            help="CPUs each stage's actor asks Ray for (default: what lets every stage start).",
+            show_default=False,
+        ),
+    ] = None,
+    max_actors: Annotated[
+        int | None,
+        typer.Option(
+            "--max-actors",
+            min=1,
+            help="Most actors per stage (default: the cluster's CPUs).",
+            show_default=False,
+        ),
+    ] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option("--fresh", help="Start over: delete what an earlier run wrote in OUTDIR."),
+    ] = False,
+    no_progress: Annotated[
+        bool, typer.Option("--no-progress", help="No live progress bar.")
+    ] = False,
+    throttle: Annotated[float, typer.Option("--throttle", hidden=True, min=0)] = 0.0,
+) -> None:
+    """Label a large file or folder with a cascade learned on a sample, on Ray Data.
+
+    Resumable: each partition's answers are written at once, atomically; the same
+    command again answers only the partitions not written yet, so every record is
+    answered (or rejected) exactly once. --fresh starts over.
+    """
+    from rich.console import Console
+
+    from tiered.runner.ray_batch import BatchRun
+    from tiered.runner.ray_plan import make_batch_plan
+
+    if in_process and ray is not None:
+        raise typer.BadParameter("give --ray or --in-process, not both", param_hint="--ray")
+    plan = make_batch_plan(
+        config,
+        input,
+        output,
+        format=format,
+        partition_records=partition_records,
+        learn_records=learn,
+        fresh=fresh,
+        ray_address=ray,
+        in_process=in_process,
+        actor_cpus=actor_cpus,
+        max_actors=max_actors,
+        throttle_s=throttle,
+    )
+    console = Console()
+    err = Console(stderr=True)
+    if no_progress or not err.is_terminal:
+        result = BatchRun(plan).run()
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress("partitions", *columns, console=err, transient=True) as bar:
+            task = bar.add_task("partitions", total=None)
+            result = BatchRun(
+                plan, on_partition=lambda done, total: bar.update(task, completed=done, total=total)
+            ).run()
+    _print(console, result)
+
+
+def _print(console: Console, r: BatchResult) -> None:
+    from rich.table import Table
+
+    s = r.summary
+    t = Table(title="tiered batch: summary", show_header=False, title_justify="left")
+    t.add_column("", style="bold")
+    t.add_column("")
+    rej = f"{s.rejects:,} rejected → {s.rejects_path}" if s.rejects else "0 rejected"
+    t.add_row("items", f"{s.items:,} answered of {s.records:,} records ({rej})")
+    t.add_row(
+        "partitions",
+        f"{r.partitions:,} in {s.output}: {r.written:,} written now, {r.done_before:,} before",
+    )
+    t.add_row(
+        "expert share",
+        f"{100 * s.expert_share:.1f}% ({s.expert_calls:,} expert calls, {s.audits:,} audits)",
+    )
+    target = f", target {s.target:.3f}" if s.target is not None else ""
+    t.add_row("agreement (audited)", s.agreement_text() + target)
+    if s.true_agreement is not None:
+        t.add_row("agreement (true)", f"{s.true_agreement:.3f} vs the expert's label on every item")
+    if s.accuracy is not None:
+        t.add_row("accuracy vs gold", f"{s.accuracy:.3f}")
+    saving = f", saving {100 * s.saving:.1f}%" if s.saving is not None else ""
+    t.add_row("USD", f"{s.usd_spent:.4g} spent vs {s.usd_expert_only:.4g} expert-only{saving}")
+    t.add_row("answered by", ", ".join(f"{k} {100 * v:.1f}%" for k, v in s.stage_share.items()))
+    learned = f"{r.learned_records:,} records" + (f" in {r.learn_s:.1f} s" if r.learn_s else "")
+    t.add_row("learned on", learned)
+    if r.apply_items:
+        t.add_row(
+            "at scale",
+            f"{r.apply_items:,} items in {r.apply_s:.1f} s ({r.apply_items_per_s:,.0f} items/s, "
+            f"{r.engine})",
+        )
+    t.add_row("wall time", f"{s.wall_s:.1f} s this session")
+    console.print(t)

@@ -1,0 +1,328 @@
+"""`tiered batch`: learn on a sample, freeze, answer the rest; Parquet parts, exactly once.
+
+Most tests run the steps in this process (``--in-process``); the last ones start a real
+local Ray in a subprocess: one is killed mid-run (SIGKILL) and run again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tiered.cli import main
+from tiered.errors import ConfigError, StoreError
+from tiered.runner.ray_batch import BatchRun
+from tiered.runner.ray_plan import BatchPlan, make_batch_plan
+
+WORDS = {"pos": ["good", "great", "fine", "lovely"], "neg": ["bad", "awful", "poor", "grim"]}
+FILLER = ["the", "a", "movie", "plot", "actor", "scene"]
+CONFIG = """input: {id_field: id, label_field: gold}
+cheap: [{kind: hashed_ngram}]
+expert: {model: {kind: label_column, field: label}, usd_per_call: 0.002}
+online: {target_agreement: 0.9, warmup: 50, audit_rate: 0.2}
+"""
+
+
+def make_rows(n: int, seed: int = 0, start: int = 0) -> list[dict[str, str]]:
+    """Two classes told apart by their words; the expert's `label` is wrong 5% of the time."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(start, start + n):
+        gold = rng.choice(sorted(WORDS))
+        text = " ".join(rng.choice(FILLER + WORDS[gold]) for _ in range(6))
+        label = gold if rng.random() > 0.05 else ("neg" if gold == "pos" else "pos")
+        rows.append({"id": f"r{i}", "text": text, "label": label, "gold": gold})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, str]], bad: tuple[int, ...] = ()) -> Path:
+    with path.open("w", encoding="utf-8") as f:
+        for i, r in enumerate(rows):
+            if i in bad:
+                f.write("{broken\n")
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+def setup(tmp_path: Path, n: int = 1200, bad: tuple[int, ...] = (10, 700)) -> tuple[Path, Path]:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(CONFIG)
+    return cfg, write_jsonl(tmp_path / "in.jsonl", make_rows(n), bad)
+
+
+def plan(cfg: Path, inp: Path, out: Path, **kw: object) -> BatchPlan:
+    opts: dict[str, object] = {"partition_records": 100, "learn_records": 200, "in_process": True}
+    return make_batch_plan(cfg, inp, out, **(opts | kw))  # type: ignore[arg-type]
+
+
+def parts(out: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("part-*.parquet"))])
+
+
+def rejects(out: Path) -> list[dict]:
+    files = sorted((out / "rejects").glob("*.jsonl"))
+    return [json.loads(line) for p in files for line in p.read_text().splitlines()]
+
+
+def tiered(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    old = sys.argv
+    sys.argv = ["tiered", *args]
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- in this process ---------------------------------------------------------------------------
+
+
+def test_every_record_answered_once_in_input_order(tmp_path: Path) -> None:
+    cfg, inp = setup(tmp_path)
+    out = tmp_path / "out"
+    result = BatchRun(plan(cfg, inp, out)).run()
+    table = parts(out)
+    assert table.column("id").to_pylist() == [f"r{i}" for i in range(1200)]
+    assert table.schema.names == [
+        "id", "label", "stage", "confidence", "cost", "audited", "expert_label", "cheap_label",
+    ]  # fmt: skip
+    bad = rejects(out)
+    assert [r["line"] for r in bad] == [11, 702] and all("in.jsonl" in r["reason"] for r in bad)
+    s = result.summary
+    assert (s.records, s.items, s.rejects) == (1202, 1200, 2)
+    assert result.partitions == 13 and result.written == 13 and result.done_before == 0
+    assert result.learned_records == 200  # two partitions of 100 records
+    # the cheap stage answers most items once it has learned
+    assert s.stage_share["hashed_ngram"] > 0.3
+    stages = Counter(table.column("stage").to_pylist())
+    assert stages["hashed_ngram"] + stages["expert"] == 1200
+
+
+def test_audits_add_up_across_partitions_into_one_estimate(tmp_path: Path) -> None:
+    cfg, inp = setup(tmp_path)
+    out = tmp_path / "out"
+    s = BatchRun(plan(cfg, inp, out)).run().summary
+    rows = parts(out).to_pylist()
+    audited = [r for r in rows if r["audited"] and r["expert_label"] is not None]
+    # an audited answer outputs the expert's label and keeps the cheap one it checked
+    assert audited and all(r["label"] == r["expert_label"] for r in audited)
+    assert all(r["stage"] == "expert" and r["cheap_label"] is not None for r in audited)
+    agree = sum(r["cheap_label"] == r["expert_label"] for r in audited)
+    assert s.audits == len(audited) and 0 < agree < len(audited)
+    cheap = sum(r["stage"] == "hashed_ngram" for r in rows)
+    expected = (1200 - cheap + cheap * agree / len(audited)) / 1200
+    assert s.agreement == pytest.approx(expected)
+    assert s.ci_low is not None and s.ci_high is not None
+    assert s.ci_low < s.agreement < s.ci_high
+    assert s.true_agreement == pytest.approx(
+        sum(r["label"] == src["label"] for r, src in zip(rows, make_rows(1200), strict=True)) / 1200
+    )
+    # every expert call is paid: audits and deferrals, here and in the sample
+    assert s.expert_calls >= sum(r["expert_label"] is not None for r in rows)
+    assert s.usd_spent == pytest.approx(sum(r["cost"] for r in rows))
+
+
+def test_rerun_answers_only_the_missing_partitions(tmp_path: Path) -> None:
+    cfg, inp = setup(tmp_path)
+    out = tmp_path / "out"
+    BatchRun(plan(cfg, inp, out)).run()
+    first = parts(out)
+    # a killed run: two partitions never written, a temporary file and a reject file left
+    (out / "part-000004.parquet").unlink()
+    (out / "part-000007.parquet").unlink()  # 99 items and a reject
+    (out / ".part-000004.parquet.tmp").write_bytes(b"half")
+    (out / "rejects" / "part-000007.jsonl").rename(out / "rejects" / "part-000007.jsonl.keep")
+    (out / "rejects" / "part-000007.jsonl").write_text('{"stale": 1}\n')
+    result = BatchRun(plan(cfg, inp, out)).run()
+    assert (result.written, result.done_before, result.learn_s) == (2, 11, 0.0)
+    assert result.apply_items == 199
+    assert parts(out).equals(first)
+    assert not list(out.glob(".*.tmp"))
+    assert (out / "rejects" / "part-000007.jsonl").read_text() == (
+        out / "rejects" / "part-000007.jsonl.keep"
+    ).read_text()
+    assert result.summary.resumed_at == 1202 - 200
+    assert result.summary.records == 1202
+
+
+def test_a_missing_sample_partition_learns_again(tmp_path: Path) -> None:
+    cfg, inp = setup(tmp_path)
+    out = tmp_path / "out"
+    first = BatchRun(plan(cfg, inp, out)).run()
+    table = parts(out)
+    sample = json.loads((out / "_batch.json").read_text())["sample"]
+    (out / f"part-{sample[0]:06d}.parquet").unlink()
+    again = BatchRun(plan(cfg, inp, out)).run()
+    assert again.learn_s > 0 and again.written == len(sample)
+    assert parts(out).equals(table)  # the same seed learns the same cascade
+    assert again.summary.agreement == first.summary.agreement
+
+
+def test_refuses_another_config_or_input_unless_fresh(tmp_path: Path) -> None:
+    cfg, inp = setup(tmp_path, n=300)
+    out = tmp_path / "out"
+    BatchRun(plan(cfg, inp, out)).run()
+    other = tmp_path / "other.yaml"
+    other.write_text(CONFIG.replace("audit_rate: 0.2", "audit_rate: 0.3"))
+    with pytest.raises(ConfigError, match="another config"):
+        BatchRun(plan(other, inp, out)).run()
+    with pytest.raises(ConfigError, match="--partition-records"):
+        BatchRun(plan(cfg, inp, out, partition_records=50)).run()
+    write_jsonl(inp, make_rows(301))
+    with pytest.raises(ConfigError, match="another input"):
+        BatchRun(plan(cfg, inp, out)).run()
+    result = BatchRun(plan(cfg, inp, out, fresh=True)).run()
+    assert result.summary.items == 301 and parts(out).num_rows == 301
+    assert not list((out / "rejects").iterdir())  # the old run's rejects went with it
+
+
+def test_a_second_run_on_the_same_outdir_is_refused(tmp_path: Path) -> None:
+    cfg, inp = setup(tmp_path, n=300)
+    out = tmp_path / "out"
+    from tiered.runner.ray_plan import OutDir
+
+    held = OutDir(out)
+    held.lock()
+    try:
+        with pytest.raises(StoreError, match="another tiered batch run"):
+            BatchRun(plan(cfg, inp, out)).run()
+    finally:
+        held.close()
+    assert BatchRun(plan(cfg, inp, out)).run().summary.items == 300
+
+
+def test_a_folder_of_files_gets_unique_ids_and_skips_outdir(tmp_path: Path) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(CONFIG.replace("id_field: id, ", ""))
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    write_jsonl(data / "a.jsonl", make_rows(150))
+    rows = make_rows(120, seed=1, start=150)
+    with (data / "sub" / "b.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    pq.write_table(pa.Table.from_pylist(make_rows(90, seed=2, start=270)), data / "c.parquet")
+    (data / "notes.txt").write_text("not data")
+    out = data / "out"  # inside INPUT: its part files are never read as input
+    result = BatchRun(plan(cfg, data, out)).run()
+    ids = parts(out).column("id").to_pylist()
+    assert ids[:2] == ["a.jsonl:1", "a.jsonl:2"] and "sub/b.csv:1" in ids and "c.parquet:90" in ids
+    assert len(ids) == len(set(ids)) == 360
+    again = BatchRun(plan(cfg, data, out)).run()
+    assert again.written == 0 and again.summary.items == 360 and result.summary.items == 360
+
+
+def test_cli_prints_the_summary_and_names_a_bad_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # one line per row of the summary table
+    cfg, inp = setup(tmp_path, n=400)
+    out = tmp_path / "out"
+    args = ["batch", str(cfg), str(inp), "-o", str(out), "--in-process", "--learn", "100"]
+    code, stdout, _ = tiered(capsys, *args, "--partition-records", "100")
+    assert code == 0, stdout
+    assert "400 answered of 401 records" in stdout and "agreement (audited)" in stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CONFIG.replace("kind: hashed_ngram", "kind: nope"))
+    code, _, err = tiered(capsys, "batch", str(bad), str(inp), "-o", str(tmp_path / "o2"))
+    assert code == 2 and "bad.yaml" in err and "nope" in err
+    code, _, err = tiered(capsys, "batch", str(cfg), str(tmp_path / "missing"), "-o", str(out))
+    assert code == 2 and "not found" in err
+
+
+# -- on a real local Ray -----------------------------------------------------------------------
+
+TIERED = str(Path(sys.executable).with_name("tiered"))
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    # its own session: the Ray it starts can be killed with it, by its process group id
+    return subprocess.Popen(
+        [TIERED, "batch", *args, "--no-progress"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _alive(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that are not zombies (an orphan's zombie may stay)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        state, _, group = stat.rsplit(")", 1)[1].split()[:3]
+        if int(group) == pgid and state != "Z":
+            pids.append(int(d.name))
+    return pids
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the run and every process of its group (the Ray it started); wait for them."""
+    deadline = time.monotonic() + 20
+    while _alive(proc.pid):
+        assert time.monotonic() < deadline, f"processes {_alive(proc.pid)} outlived SIGKILL"
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ray_run_killed_mid_way_writes_each_record_once(tmp_path: Path) -> None:
+    cfg, inp = setup(tmp_path, n=1500, bad=(10, 1200))
+    out = tmp_path / "out"
+    common = [str(cfg), str(inp), "-o", str(out), "--partition-records", "100", "--learn", "100"]
+    sample = 1  # --learn 100: one partition learned in the run's own process
+    proc = _start([*common, "--throttle", "0.5"], tmp_path)
+    try:
+        deadline = time.monotonic() + 90
+        while len(list(out.glob("part-*.parquet"))) < sample + 3:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "no partition written by Ray"
+            time.sleep(0.05)
+    finally:
+        _kill_group(proc)
+        proc.stdout.close()  # type: ignore[union-attr]
+    written = len(list(out.glob("part-*.parquet")))
+    assert sample + 3 <= written < 16, "the kill came after the run ended"
+    again = _start(common, tmp_path)
+    try:
+        stdout, _ = again.communicate(timeout=120)
+    finally:
+        _kill_group(again)  # Ray stopped with the run; nothing of it may stay
+    assert again.returncode == 0, stdout.decode()[-3000:]
+    text = stdout.decode()
+    assert f"{16 - written} written now, {written} before" in text and "ray (local" in text
+    ids = parts(out).column("id").to_pylist()
+    assert Counter(ids) == Counter(f"r{i}" for i in range(1500))
+    assert sorted(r["line"] for r in rejects(out)) == [11, 1202]
+    # the same frozen cascade in this process answers every record alike
+    local = tmp_path / "local"
+    BatchRun(plan(cfg, inp, local, learn_records=100)).run()
+    assert parts(local).equals(parts(out))
