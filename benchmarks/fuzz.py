@@ -28,7 +28,8 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests._fuzz
 
-from tests._fuzz import Loader, cli_loaders, judge, loaders
+from tests._fuzz import Loader, judge, loaders
+from tests._fuzz_cli import cli_loaders
 
 
 def fuzz(

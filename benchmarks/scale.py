@@ -4,9 +4,12 @@
     .venv/bin/python benchmarks/scale.py --part scaling --workers 1 2 4 --items 2000
     .venv/bin/python benchmarks/scale.py --part overhead --items 20000
     .venv/bin/python benchmarks/scale.py --part fleet --seeds 2
+    .venv/bin/python benchmarks/scale.py --part ray --items 200000 --embedding static_embedding
+    .venv/bin/python benchmarks/scale.py --part ray --items 20000 --embedding embedding
 
-Every part starts its own redis-server on loopback (:mod:`tiered.testing.redis_server`)
-and runs real ``tiered run`` worker processes (one consumer group, one output stream).
+The Redis parts start their own redis-server on loopback
+(:mod:`tiered.testing.redis_server`) and run real ``tiered run`` worker processes (one
+consumer group, one output stream).
 
 - **scaling**: N workers; the expert is an OpenAI-compatible stage behind a loopback fake
   LLM (:class:`tiered.testing.FakeUpstream`) that answers every request after 50 ms,
@@ -22,6 +25,15 @@ and runs real ``tiered run`` worker processes (one consumer group, one output st
   0.96: one worker, then three on the same stream. Printed: the true agreement of the
   output with the expert on every item, the expert share, and the fleet's own estimate
   with its 95% interval, from the shared counters every worker steers by.
+- **ray**: ``tiered batch`` on HEADLINES repeated to ``--items`` records, a hashed n-gram
+  stage then an embedding stage (``embedding``: MiniLM; ``static_embedding``: MiniLM
+  distilled to a token table) in front of the label column. The cascade learns on
+  ``--learn`` records in one process and is frozen; the same frozen cascade then answers
+  the rest in one process (``--in-process``) and on a local Ray (one actor pool per
+  stage; the learning is copied over, not redone). Printed: items/s at scale, Ray with
+  its start-up and in steady state (first to last partition written), and whether both
+  wrote the same answers; ``tiered run`` (one process, learning all along) for reference.
+  Target: Ray >= 0.9 x the frozen cascade in one process.
 
 The machine may be shared: rates are wall clock, so run it on an idle machine to compare.
 """
@@ -310,11 +322,113 @@ def fleet(seeds: int, target: float) -> None:
             print(f"{n:>8} {'mean':>5} {mean_true:>10.3f} {mean_share:>12.1%}")
 
 
+# -- ray --------------------------------------------------------------------------------------
+
+
+def write_headlines(path: Path, n: int) -> None:
+    """HEADLINES repeated to ``n`` records (ids made unique per repeat)."""
+    base = headlines()
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(n):
+            r = base[i % len(base)]
+            rec = {"id": f"{i // len(base)}-{r['id']}", "text": r["text"], "label": r["label"]}
+            f.write(json.dumps(rec) + "\n")
+
+
+def ray_batch(n_items: int, embedding: str, learn: int, per_part: int, target: float) -> None:
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tiered.runner import StreamRun, make_plan
+    from tiered.runner.ray_batch import BatchRun
+    from tiered.runner.ray_plan import make_batch_plan
+
+    print(
+        f"\nray: {n_items:,} HEADLINES records, hashed_ngram -> {embedding} -> label column, "
+        f"target {target}, frozen after {learn:,} records, {per_part:,} records a partition"
+    )
+    config = (
+        "input: {id_field: id}\n"
+        f"cheap: [{{kind: hashed_ngram}}, {{kind: {embedding}}}]\n"
+        "expert: {model: {kind: label_column, field: label}, usd_per_call: 0.002}\n"
+        f"online: {{target_agreement: {target}}}\n"
+    )
+
+    def answers(out: Path) -> pa.Table:
+        return pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("part-*.parquet"))])
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        cfg, inp = tmp / "batch.yaml", tmp / "in.jsonl"
+        cfg.write_text(config)
+        write_headlines(inp, n_items)
+        opts = {"learn_records": learn, "partition_records": per_part}
+        local = BatchRun(make_batch_plan(cfg, inp, tmp / "local", in_process=True, **opts)).run()
+        # the same frozen cascade on Ray: the learning (state and sample answers) copied over
+        ray_out = tmp / "ray"
+        ray_out.mkdir()
+        sample = json.loads((tmp / "local" / "_batch.json").read_text())["sample"]
+        names = ["_batch.json", "_learned.tiered", *(f"part-{i:06d}.parquet" for i in sample)]
+        for name in names:
+            shutil.copy(tmp / "local" / name, ray_out / name)
+        stamps: list[float] = []
+        on_ray = BatchRun(
+            make_batch_plan(cfg, inp, ray_out, **opts),
+            on_partition=lambda done, total: stamps.append(time.perf_counter()),
+        ).run()
+        same = answers(tmp / "local").equals(answers(ray_out))
+        with inp.open(encoding="utf-8") as f:
+            truth = {r["id"]: r["label"] for r in map(json.loads, f)}
+        frozen = [
+            pq.read_table(p).select(["id", "label"]).to_pylist()
+            for p in sorted(ray_out.glob("part-*.parquet"))
+            if int(p.stem.removeprefix("part-")) not in sample
+        ]
+        rows = [r for part in frozen for r in part]
+        scale_true = sum(r["label"] == truth[r["id"]] for r in rows) / max(len(rows), 1)
+        run = StreamRun(make_plan([str(cfg), str(inp)], tmp / "run.jsonl", progress=False)).run()
+
+    def row(name: str, items: int, secs: float, note: str = "") -> None:
+        rate = items / secs if secs > 0 else float("nan")
+        ratio = rate / local.apply_items_per_s
+        print(f"{name:<34} {items:>9,} {secs:>8.1f} {rate:>9,.0f} {ratio:>8.2f}x  {note}")
+
+    s = local.summary
+    print(
+        f"learned on {local.learned_records:,} records in {local.learn_s:.1f} s; then "
+        f"{s.expert_share:.1%} expert calls, true agreement {s.true_agreement:.3f}, "
+        f"estimate {s.agreement_text()}"
+    )
+    e = local.at_scale
+    if e is not None:
+        print(
+            f"the frozen cascade alone (every partition but the sample's): {scale_true:.3f} "
+            f"true agreement, estimate {e.agreement:.3f} [{e.low:.3f}, {e.high:.3f}] "
+            f"from {e.audits:,} audits"
+        )
+    print(f"{'':<34} {'items':>9} {'seconds':>8} {'items/s':>9} {'vs local':>9}")
+    row("frozen, one process (--in-process)", local.apply_items, local.apply_s)
+    ok = "ok" if on_ray.apply_items_per_s >= 0.9 * local.apply_items_per_s else "MISSED"
+    row(f"frozen, Ray ({on_ray.engine})", on_ray.apply_items, on_ray.apply_s,
+        f"Ray's start included; target >= 0.9x: {ok}")  # fmt: skip
+    # the first partition waits for Ray and its actors to start; count from it
+    steady = (len(stamps) - 1) * per_part
+    row("  Ray, first to last part written", steady, stamps[-1] - stamps[0] if stamps else 0.0)
+    row("tiered run (online, one process)", run.items, run.wall_s, "learns all along")
+    print(f"same answers in one process and on Ray: {'yes' if same else 'NO'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["scaling", "overhead", "fleet", "all"], default="all")
+    parts = ["scaling", "overhead", "fleet", "ray", "all"]
+    ap.add_argument("--part", choices=parts, default="all")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--items", type=int, default=None, help="items (scaling, overhead)")
+    ap.add_argument("--items", type=int, default=None, help="items (scaling, overhead, ray)")
+    ap.add_argument("--embedding", choices=["static_embedding", "embedding"], default=None)
+    ap.add_argument("--learn", type=int, default=5000, help="ray: records learned on")
+    ap.add_argument("--partition-records", type=int, default=10_000)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--target", type=float, default=0.96)
     a = ap.parse_args()
@@ -325,6 +439,9 @@ def main() -> None:
         overhead(a.items or 20000)
     if a.part in ("fleet", "all"):
         fleet(a.seeds, a.target)
+    if a.part in ("ray", "all"):
+        emb = a.embedding or "static_embedding"
+        ray_batch(a.items or 200_000, emb, a.learn, a.partition_records, a.target)
 
 
 if __name__ == "__main__":

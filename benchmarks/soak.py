@@ -116,16 +116,30 @@ def soak_run(records: int, kills: int, seed: int, folder: Path) -> None:
     size = ref.stat().st_size
     targets = sorted(rng.uniform(0.02, 0.98) * size for _ in range(kills))
     killed_at: list[int] = []
+    exits: Counter[int] = Counter()  # runs that ended before their kill, by exit code
     t0 = time.perf_counter()
     for target in targets:
-        with (folder / "killed.log").open("ab") as log:
+        log_path = folder / "killed.log"
+        with log_path.open("wb") as log:
             proc = subprocess.Popen(run_command(src, out, seed), stdout=log, stderr=log)
-        while proc.poll() is None and (not out.exists() or out.stat().st_size < target):
+        started = time.monotonic()
+        # a target the output already passed (a resume restarts from its checkpoint): kill
+        # this one early instead, anywhere from start-up to its first batches
+        early = out.exists() and out.stat().st_size >= target
+        wait_s = rng.uniform(0.5, 4.0)
+        while proc.poll() is None:
+            if early and time.monotonic() - started > wait_s:
+                break
+            if not early and out.exists() and out.stat().st_size >= target:
+                time.sleep(rng.uniform(0, 0.3))  # land anywhere: mid-batch, mid-checkpoint
+                break
             time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.3))  # land anywhere: mid-batch, mid-checkpoint
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            killed_at.append(out.stat().st_size)
+            killed_at.append(out.stat().st_size if out.exists() else 0)
+        elif proc.returncode != 0:
+            exits[proc.returncode] += 1
+            print(f"a run exited with {proc.returncode}: {log_path.read_text()[-500:]}")
         proc.wait()
     done = subprocess.run(run_command(src, out, seed), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -144,6 +158,8 @@ def soak_run(records: int, kills: int, seed: int, folder: Path) -> None:
         return sum(d[1] == "expert" for d in ds) / max(len(ds), 1)
 
     print(f"killed run: {len(killed_at)} SIGKILLs + resumes, {killed_s:.0f} s in all")
+    if exits:
+        print(f"runs that failed on their own: {dict(exits)}")
     print(f"{'records':<34}{records:>12,}")
     print(f"{'every id exactly once, in order':<34}{'yes' if once else 'NO':>12}")
     print(f"{'ids answered twice':<34}{len(got_ids) - len(set(got_ids)):>12,}")
@@ -245,6 +261,13 @@ async def slow_clients(port: int, n: int, stop: asyncio.Event) -> Counter[str]:
     return seen
 
 
+async def slow_child(port: int, n: int) -> dict[str, int]:
+    """Run ``n`` slow clients until SIGINT; what ended their connections."""
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+    return dict(await slow_clients(port, n, stop))
+
+
 class Sampler:
     """The gateway's CPU seconds and RSS, sampled every half second."""
 
@@ -334,27 +357,29 @@ async def soak_gateway(levels: list[int], requests: list[int], n_slow: int, fold
             got = await load(gw + "/v1/chat/completions", n, 64)
         print(row("through gateway, 64", got, s.cpu, s.rss), flush=True)
         # 2. the levels
-        base_p99 = None
         for clients, count in zip(levels, requests, strict=False):
             with Sampler(gateway.pid) as s:
                 got = await load(gw + "/v1/chat/completions", count, clients)
             print(row(f"gateway, {clients} clients", got, s.cpu, s.rss), flush=True)
-            if clients == 64:
-                base_p99 = pct(got.latencies_ms, 99)
-        # 3. slow clients beside 64 normal ones
-        stop = asyncio.Event()
-        slow = asyncio.create_task(slow_clients(gw_port, n_slow, stop))
-        await asyncio.sleep(3)  # let them connect
+        # 3. slow clients (a process of their own, not to slow the load generator) beside
+        #    64 normal ones; the baseline is the same load just before
+        n = requests[0] // 4
+        base = await load(gw + "/v1/chat/completions", n, 64)
+        print(row("64 clients (baseline)", base, None, None))
+        slow = subprocess.Popen(
+            [PY, __file__, "--slow-child", str(gw_port), str(n_slow)], stdout=subprocess.PIPE
+        )
+        await asyncio.sleep(5)  # let them connect and start dribbling
         with Sampler(gateway.pid) as s:
-            got = await load(gw + "/v1/chat/completions", requests[0] // 4, 64)
-        await asyncio.sleep(12)  # long enough for the body timeout to cut them
-        stop.set()
-        seen = await slow
+            got = await load(gw + "/v1/chat/completions", n, 64)
+        await asyncio.sleep(12)  # long enough for the body timeout to cut them all
+        slow.send_signal(signal.SIGINT)
+        out, _ = slow.communicate(timeout=60)
+        seen = json.loads(out.decode().strip().splitlines()[-1])
         print(row(f"64 + {n_slow} slow clients", got, None, s.rss))
-        p99 = pct(got.latencies_ms, 99)
-        if base_p99:
-            print(f"normal clients' p99 with slow clients: {p99:.1f} ms vs {base_p99:.1f} ms "
-                  f"without ({p99 / base_p99:.2f}x)")  # fmt: skip
+        p99, base_p99 = pct(got.latencies_ms, 99), pct(base.latencies_ms, 99)
+        print(f"normal clients' p99 with slow clients: {p99:.1f} ms vs {base_p99:.1f} ms "
+              f"without ({p99 / base_p99:.2f}x)")  # fmt: skip
         print("slow clients ended by: " + " ".join(f"{k}:{v}" for k, v in seen.items()))
         text = (folder / "gateway.log").read_text(errors="replace")
         print(f"gateway log: {text.count('Traceback')} tracebacks, "
@@ -377,7 +402,12 @@ def main() -> None:
     ap.add_argument("--levels", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--requests", type=int, nargs="+", default=[20_000, 5_000, 5_000])
     ap.add_argument("--slow", type=int, default=500)
+    ap.add_argument("--slow-child", type=int, nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.slow_child:  # the slow clients' own process, until SIGINT
+        port, n = args.slow_child
+        print(json.dumps(asyncio.run(slow_child(port, n))), flush=True)
+        return
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory() as tmp:
         if args.part in ("run", "all"):

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tiered.calibrate import LogView, calibrate
+from tiered.calibrate import LogView, calibrate, evaluate_stages
 from tiered.calibrate import auto as auto_mod
 from tiered.calibrate.auto import calibrate_log, frontier_models, signal_report
 from tiered.calibrate.learned.estimator import QualityEstimator
+from tiered.calibrate.smooth import smoothed_quality
 from tiered.calibrate.verdict import verdict
 from tiered.cli import app
 from tiered.core.spec import CascadeSpec
@@ -108,6 +109,36 @@ def test_another_objective_reuses_every_fitted_estimator(monkeypatch: pytest.Mon
     assert fits == []  # the final routing estimator was fitted already
 
 
+def test_smoothed_quality_keeps_each_models_mean_and_drops_outcome_noise() -> None:
+    view = LogView.of(make_log(240, 0))
+    q = smoothed_quality(view)
+    assert ((q > 0) & (q < 1)).mean() > 0.5  # estimates, not 0/1 outcomes
+    assert np.all(np.isclose(q * 50, np.round(q * 50)))  # rounded to steps of 1/50
+    np.testing.assert_allclose(q.mean(axis=0), view.quality.mean(axis=0), atol=0.01)
+    # the estimates rank right answers above wrong ones (they read the signals)
+    right = view.quality[:, 0] > 0.5
+    assert q[right, 0].mean() > q[~right, 0].mean() + 0.2
+    # graded scores are left as they are
+    graded = make_log(60, 0)
+    graded.quality[0, 0] = 0.5
+    gv = LogView.of(graded)
+    assert np.array_equal(smoothed_quality(gv), gv.quality)
+
+
+def test_fitted_numbers_of_a_smoothed_calibration_are_the_recorded_ones() -> None:
+    log = make_log(240, 0)
+    rec = calibrate_log(log, min_quality="top", settings=FAST)
+    chosen = rec.calibration.chosen
+    out = evaluate_stages(LogView.of(log), chosen.config.stage_refs(log.models))
+    assert chosen.quality == pytest.approx(out.mean_quality)
+    assert rec.calibration.top_quality == pytest.approx(log.quality.mean(axis=0).max())
+    assert rec.spec.metadata["expected"]["quality"] == pytest.approx(out.mean_quality)
+    other = rec.with_objective(min_quality="top-0.02")
+    c2 = other.calibration.chosen
+    out2 = evaluate_stages(LogView.of(log), c2.config.stage_refs(log.models))
+    assert c2.quality == pytest.approx(out2.mean_quality)
+
+
 def test_routing_heads_are_the_models_no_other_beats() -> None:
     log = make_log(240, 0, skills=(0.0, -0.5, 0.9, 1.4), prices=(1e-5, 2e-5, 1e-4, 4e-4))
     # m1 is dearer and worse than m0: cascade routing has no use for it
@@ -165,7 +196,8 @@ def test_cli_calibrate_prints_the_family_and_a_one_line_verdict(tmp_path: Path) 
     lines = got.output.splitlines()
     verdicts = [x for x in lines if x.startswith("verdict: ")]
     assert len(verdicts) == 1  # one line, however narrow the terminal
-    assert "use m3 alone" in verdicts[0]
+    assert verdicts[0].startswith("verdict: use ") and "m3" in verdicts[0]
+    assert "chosen on smoothed outcomes" in got.output
     assert any(x.startswith("rule family: confidence (learned families not tried") for x in lines)
     assert CascadeSpec.load(out).metadata["verdict"] == verdicts[0].removeprefix("verdict: ")
 

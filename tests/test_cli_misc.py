@@ -3,6 +3,7 @@ example's instructions, the summary of a run nobody audited yet, the demo's sett
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -85,10 +86,17 @@ def test_the_report_command_is_listed(capsys: pytest.CaptureFixture[str]) -> Non
     assert re.search(r"│ report\s", out)
 
 
+def need_llama_cpp() -> None:
+    """Fail (never skip) without llama-cpp-python; found without importing it here, as
+    importing it leaves two files open until the process ends."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.fail("llama-cpp-python is missing: pip install -e '.[llm]'", pytrace=False)
+
+
 def test_loading_the_local_model_prints_nothing(tmp_path: Path) -> None:
     """llama.cpp's own log lines (e.g. "llama_kv_cache_iswa: using full-size SWA cache")
     stay off the terminal; they go to the ``tiered.llamacpp`` logger."""
-    pytest.importorskip("llama_cpp", reason="the llm extra is not installed")
+    need_llama_cpp()
     script = (
         "import logging\n"
         "from tiered.models.llm.llamacpp import LlamaCpp\n"
@@ -112,14 +120,25 @@ def test_loading_the_local_model_prints_nothing(tmp_path: Path) -> None:
 
 
 def test_a_failed_load_quotes_llama_cpp(tmp_path: Path) -> None:
-    pytest.importorskip("llama_cpp", reason="the llm extra is not installed")
-    from tiered.errors import ModelError
-    from tiered.models.llm.llamacpp import LlamaCpp
-
+    """What llama.cpp said goes into the error instead (in a process of its own: loading
+    llama.cpp swaps the standard streams once, which pytest should not see)."""
+    need_llama_cpp()
     bad = tmp_path / "not-a-model.gguf"
     bad.write_text("hello", encoding="utf-8")
-    with pytest.raises(ModelError, match=r"cannot load GGUF model .*llama\.cpp: .*GGUF"):
-        LlamaCpp(labels=["a", "b"], model_path=str(bad)).load()
+    script = (
+        "from tiered.models.llm.llamacpp import LlamaCpp\n"
+        "from tiered.errors import ModelError\n"
+        "try:\n"
+        f"    LlamaCpp(labels=['a', 'b'], model_path={str(bad)!r}).load()\n"
+        "except ModelError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"cannot load GGUF model .*llama\.cpp: .*GGUF", done.stdout), done.stdout
+    assert done.stderr == ""
 
 
 def test_the_local_model_example_says_a_command_that_works(

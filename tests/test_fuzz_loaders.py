@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests._fuzz import Loader, cli_loaders, judge, loaders
+from tests._fuzz import Loader, judge, loaders
+from tests._fuzz_cli import cli_loaders
 
 # a hang guard per case, far above what any case takes: not a timing assertion
 _LIMIT_S = 60.0

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests._fuzz import CASCADE, GATEWAY, RUN_CONFIG, replay_records, run_cli
+from tests._fuzz import CASCADE, GATEWAY, RUN_CONFIG, replay_records
+from tests._fuzz_cli import run_cli
 from tiered.config.run import load_run_config
 from tiered.core.limits import MAX_NAME_CHARS
 from tiered.core.spec import CascadeSpec

@@ -289,3 +289,105 @@ def test_a_different_run_on_the_same_output_is_refused_unless_fresh(
     assert code == 0, err
     assert len(read_jsonl(out)) == 300
     assert "target 0.900" in stdout
+
+
+# ------------------------------------------------------------------ defaults, loud failures
+
+BASIC = ["--expert-field", "label", "--expert-cost", "0.002", "--no-progress"]
+
+
+def test_ids_come_from_the_id_field_when_the_records_have_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = make_rows(50)
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    assert tiered(capsys, "run", str(src), "-o", str(out), *BASIC)[0] == 0  # no --id-field
+    assert [x["id"] for x in read_jsonl(out)] == [r["id"] for r in rows]
+    no_ids = write_jsonl(tmp_path / "plain.jsonl", [{"text": r["text"], "label": r["label"]}
+                                                    for r in rows])  # fmt: skip
+    out = tmp_path / "plain_out.jsonl"
+    assert tiered(capsys, "run", str(no_ids), "-o", str(out), *BASIC)[0] == 0
+    assert [x["id"] for x in read_jsonl(out)] == [str(i) for i in range(1, 51)]  # line numbers
+    table = tmp_path / "in.csv"
+    table.write_text("text,id,label\n" + "".join(f"{r['text']},{r['id']},{r['label']}\n"
+                                                  for r in rows))  # fmt: skip
+    out = tmp_path / "csv_out.jsonl"
+    assert tiered(capsys, "run", str(table), "-o", str(out), *BASIC)[0] == 0
+    assert [x["id"] for x in read_jsonl(out)] == [r["id"] for r in rows]
+
+
+def test_a_misspelt_field_stops_the_run_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", make_rows(50))
+    out = tmp_path / "out.jsonl"
+    typo = ["--expert-field", "lable", "--expert-cost", "0.002", "--no-progress"]
+    code, _, err = tiered(capsys, "run", str(src), "-o", str(out), *typo)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert f"{src}, field 'lable': no record has this field" in err
+    assert "records have: id, text, label, gold (did you mean 'label'?)" in err
+    assert not out.exists() and not Path(f"{out}.tiered.sqlite").exists()
+    assert not Path(f"{out}.rejects.jsonl").exists()
+    code, _, err = tiered(capsys, "run", str(src), "-o", str(out), "--text-field", "txt", *BASIC)
+    assert code == 2 and "field 'txt': no record has this field" in err
+    assert "(did you mean 'text'?)" in err
+    # nothing was left behind: the corrected command runs as a new run
+    code, stdout, err = tiered(capsys, "run", str(src), "-o", str(out), *BASIC)
+    assert code == 0, err
+    assert "50 answered of 50 records" in stdout
+
+
+def test_a_share_of_rejects_over_the_limit_stops_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = make_rows(1200)
+    for r in rows[::5] + rows[1::5] + rows[2::5]:  # 60% with an empty text
+        r["text"] = ""
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    code, _, err = tiered(capsys, "run", str(src), "-o", str(out), *BASIC)
+    assert code == 2
+    assert "field 'text': 600 of the first 1,000 records were rejected for it" in err
+    assert "is empty (the text field)" in err and not out.exists()
+    code, stdout, err = tiered(
+        capsys, "run", str(src), "-o", str(out), *BASIC, "--max-reject-share", "0.7"
+    )
+    assert code == 0, err
+    assert "480 answered of 1,200 records (720 rejected" in stdout
+    assert len(read_jsonl(Path(f"{out}.rejects.jsonl"))) == 720
+
+
+def test_every_record_rejected_from_stdin_stops_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = "".join(json.dumps(r) + "\n" for r in make_rows(20)).encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(payload)))
+    out = tmp_path / "out.jsonl"
+    typo = ["--expert-field", "Label", "--expert-cost", "0.002", "--no-progress"]
+    code, _, err = tiered(capsys, "run", "-", "-o", str(out), *typo)
+    assert code == 2 and "<stdin>, field 'Label': no record has this field" in err
+    assert not out.exists()
+
+
+def test_duplicate_ids_are_rejected_also_after_a_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = make_rows(600)
+    again = {100: "r5", 250: "r7", 450: "r10", 520: "r500"}  # record index -> repeated id
+    for i, rid in again.items():
+        rows[i] = {**rows[i], "id": rid}
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    assert tiered(capsys, "run", str(src), "-o", str(out), *BASIC, "--limit", "300")[0] == 0
+    code, stdout, err = tiered(capsys, "run", str(src), "-o", str(out), *BASIC)  # resumes at 300
+    assert code == 0, err
+    ids = [x["id"] for x in read_jsonl(out)]
+    assert len(ids) == len(set(ids)) == 596  # every id once, r10 too (answered before the kill)
+    assert "596 answered of 600 records (4 rejected" in stdout
+    rejects = read_jsonl(Path(f"{out}.rejects.jsonl"))
+    assert [(r["line"], r["field"]) for r in rejects] == [(i + 1, "id") for i in sorted(again)]
+    why = f"{src}:451, field 'id': duplicate id 'r10': an earlier record has it"
+    assert why in rejects[2]["reason"]
+    assert json.loads(rejects[2]["raw"])["id"] == "r10"

@@ -221,6 +221,14 @@ def default_text(field: FieldInfo) -> str:
     return f"`{json.dumps(value, default=str, ensure_ascii=False)}`"
 
 
+def _default_json(field: FieldInfo) -> Any:
+    """A field's default as it reads in JSON (what ``to_dict()`` writes)."""
+    if field.is_required():
+        return PydanticUndefined
+    value = field.get_default(call_default_factory=True)
+    return None if isinstance(value, BaseModel) else json.loads(json.dumps(value, default=str))
+
+
 # -- walking a file's models --------------------------------------------------------------
 
 
@@ -270,6 +278,12 @@ def _cell(text: str) -> str:
 
 
 def key_table(keys: list[Key]) -> str:
+    """A table of keys; without a meaning column when no key has one (a rule's parameters,
+    which its description above explains)."""
+    if not any(k.meaning for k in keys):
+        rows = ["| key | type | default |", "| --- | --- | --- |"]
+        rows += [f"| `{k.path}` | {_cell(k.type)} | {_cell(k.default)} |" for k in keys]
+        return "\n".join(rows) + "\n"
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     rows += [
         f"| `{k.path}` | {_cell(k.type)} | {_cell(k.default)} | {_cell(k.meaning)} |" for k in keys
@@ -430,9 +444,13 @@ def rule_kinds_page() -> str:
         if examples:
             parts.append("Examples (each with what it means):\n")
             for ex in examples:
-                text = yaml.safe_dump(
-                    {"rule": ex.to_dict()}, sort_keys=False, allow_unicode=True, width=90
-                )
+                # the keys it sets: a parameter left at its default is not written
+                shown = {
+                    k: v
+                    for k, v in ex.to_dict().items()
+                    if k == "kind" or v != _default_json(cls.model_fields[k])
+                }
+                text = yaml.safe_dump({"rule": shown}, sort_keys=False, allow_unicode=True)
                 parts.append(f"```yaml\n# {ex.describe()}\n{text}```\n")
     return "\n".join(parts)
 

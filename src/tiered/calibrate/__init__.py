@@ -15,6 +15,8 @@ from tiered.calibrate.calibrator import (
     calibrate,
     choose,
 )
+from tiered.calibrate.certify import Certificate, certify
+from tiered.calibrate.certify_labels import CertifiedLabels, certify_labels
 from tiered.calibrate.evaluate import Outcome, StageRef, evaluate_spec, evaluate_stages
 from tiered.calibrate.families import (
     AgreementFamily,
@@ -35,6 +37,8 @@ __all__ = [
     "CVReport",
     "Calibration",
     "Candidate",
+    "Certificate",
+    "CertifiedLabels",
     "CombinedFamily",
     "Config",
     "FrontierPoint",
@@ -51,6 +55,8 @@ __all__ = [
     "VoteFamily",
     "WindowFamily",
     "calibrate",
+    "certify",
+    "certify_labels",
     "choose",
     "default_families",
     "evaluate_spec",

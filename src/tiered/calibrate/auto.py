@@ -1,7 +1,9 @@
 """What ``tiered calibrate`` does: confidence rules, learned families where they help, a verdict.
 
 1. The calibrator with the built-in rule families, cross-validated
-   (:func:`~tiered.calibrate.calibrate`), asking a cascade to save at least ``min_saving``.
+   (:func:`~tiered.calibrate.calibrate`), asking a cascade to save at least ``min_saving``,
+   on smoothed quality (:mod:`tiered.calibrate.smooth`: each 0/1 outcome replaced by its
+   estimated chance, which makes the chosen thresholds hold up better on new data).
 2. When the log's own confidence signals are weak (:func:`signal_report`: no model but
    the dearest has a signal telling its right answers from its wrong ones with an AUC of
    at least ``min_auc``; a log without signals has none), the learned families are
@@ -110,6 +112,7 @@ class Recommendation:
     seconds: float
     notes: list[str] = field(default_factory=list)
     min_gain: float = 0.05
+    views: tuple[LogView, LogView] | None = field(default=None, repr=False)  # recorded, fitted
 
     @property
     def winner(self) -> FamilyCV | None:
@@ -127,14 +130,27 @@ class Recommendation:
         started = time.perf_counter()
         objective = Objective.make(min_quality, budget)
         cal = self.calibration.with_objective(objective.min_quality, objective.budget)
+        if self.views is not None:
+            cal = _recorded(cal, *self.views)
         sel = None if self.selection is None else self.selection.with_objective(
             objective.min_quality, objective.budget
         )  # fmt: skip
         min_saving = cal.cv.min_saving if cal.cv is not None else DEFAULT_MIN_SAVING
         why = self.why.split("; ", 1)[0] if self.selection is not None else self.why
         took = time.perf_counter() - started
-        return _recommend(objective, cal, sel, self.signals, why, min_saving, took,
-                          list(self.notes), self.min_gain)  # fmt: skip
+        rec = _recommend(objective, cal, sel, self.signals, why, min_saving, took,
+                         list(self.notes), self.min_gain)  # fmt: skip
+        rec.views = self.views
+        return rec
+
+
+def _recorded(cal: Calibration, view: LogView, fit_view: LogView) -> Calibration:
+    """A calibration on smoothed quality, its fitted-log numbers as recorded."""
+    if fit_view is view or np.array_equal(fit_view.quality, view.quality):
+        return cal
+    from tiered.calibrate.smooth import recorded
+
+    return recorded(cal, view)
 
 
 def _learned_verdict(sel: Selection, top: str, min_saving: float) -> Verdict:
@@ -217,6 +233,7 @@ def calibrate_log(
     min_saving: float = DEFAULT_MIN_SAVING,
     min_auc: float = MIN_AUC,
     min_gain: float = 0.05,
+    smooth: bool = True,
 ) -> Recommendation:
     """Calibrate ``log`` as ``tiered calibrate`` does (see the module doc).
 
@@ -231,31 +248,39 @@ def calibrate_log(
         )
     objective = Objective.make(min_quality, budget)
     view = log if isinstance(log, LogView) else LogView.of(log)
-    cal = calibrate(view, min_quality=objective.min_quality, budget=objective.budget,
-                    folds=folds, seed=seed, settings=settings, min_saving=min_saving)  # fmt: skip
-    signals = signal_report(view, min_auc)
     notes: list[str] = []
+    fit_view = view
+    if smooth:
+        from tiered.calibrate.smooth import smoothed
+
+        fit_view = smoothed(view)
+    cal = calibrate(fit_view, min_quality=objective.min_quality, budget=objective.budget,
+                    folds=folds, seed=seed, settings=settings, min_saving=min_saving)  # fmt: skip
+    cal = _recorded(cal, view, fit_view)
+    signals = signal_report(view, min_auc)
+    sel = None
     if learned == "never" or (learned == "auto" and signals.strong):
         why = (
             "learned families not tried (--learned never)"
             if learned == "never"
             else f"learned families not tried: {signals.text()}"
         )
-        return _recommend(objective, cal, None, signals, why, min_saving,
-                          time.perf_counter() - started, notes)  # fmt: skip
-    if view.n < (MIN_ROWS if learned == "auto" else 4 * max(folds, 2)):
+    elif view.n < (MIN_ROWS if learned == "auto" else 4 * max(folds, 2)):
         why = (
             f"learned families not tried: {signals.text()}, but {view.n} rows are too few "
             f"to learn from the queries' text (fewer than {MIN_ROWS}; --learned always "
             "trains them anyway)"
         )
-        return _recommend(objective, cal, None, signals, why, min_saving,
-                          time.perf_counter() - started, notes)  # fmt: skip
-    sel, why = _learned(view, objective, cal, folds=max(folds, 2), seed=seed,
-                        settings=settings, signals=signals, forced=learned == "always",
-                        started=started, time_budget=time_budget, min_gain=min_gain)  # fmt: skip
-    return _recommend(objective, cal, sel, signals, why, min_saving,
-                      time.perf_counter() - started, notes, min_gain)  # fmt: skip
+    else:
+        sel, why = _learned(
+            view, objective, cal, folds=max(folds, 2), seed=seed, settings=settings,
+            signals=signals, forced=learned == "always", started=started,
+            time_budget=time_budget, min_gain=min_gain,
+        )  # fmt: skip
+    rec = _recommend(objective, cal, sel, signals, why, min_saving,
+                     time.perf_counter() - started, notes, min_gain)  # fmt: skip
+    rec.views = (view, fit_view)
+    return rec
 
 
 def frontier_models(view: LogView) -> list[str]:
@@ -309,10 +334,12 @@ def _learned(
             "trains them anyway)"
         )
     per_fit = (time.perf_counter() - t0) / folds
+    routing.cv(objective)  # its λ runs are remembered: the choice below reuses them
+    final = per_fit * folds / max(folds - 1, 1)  # the winner is refit on every row
     families = ["confidence", "routing"]
     # the scorer refits an estimator (3 inner folds) in every fold search and the full one
     scorer_time = per_fit * (folds + 1) * 0.7
-    left = math.inf if deadline is None else deadline - time.perf_counter()
+    left = math.inf if deadline is None else deadline - time.perf_counter() - final
     skipped = ""
     if scorer_time < left:
         families.insert(1, "scorer")

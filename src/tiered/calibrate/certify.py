@@ -120,9 +120,10 @@ class Certificate:
         if self.rows_needed is not None:
             if math.isfinite(self.rows_needed):
                 more = max(int(self.rows_needed) - self.rows, 0)
+                what = "a cheaper cascade" if self.certified else "a cascade"
                 need = (
                     f"; a log of about {int(self.rows_needed):,} rows ({more:,} more) would be "
-                    "needed to certify a cheaper cascade"
+                    f"needed to certify {what}"
                 )
             else:
                 need = "; no cheaper cascade looks able to reach it on more rows either"
@@ -246,13 +247,17 @@ class CertifySession:
             got = self._scored[id(config)] = np.nan_to_num(out.quality, nan=0.0)
         return got
 
+    def _cheaper(self, p: Point) -> bool:
+        """Cheaper than the top model on the fitting rows (beyond rounding)."""
+        return p.cost < self.top_fit_cost * (1.0 - 1e-9)
+
     def candidates(self, q: QualityTarget) -> list[Point]:
         """The fixed sequence: most expensive first. A relative target's fallback (the top
         model alone) needs no test, so only cheaper cascades are candidates."""
         alone = self.result.singles[self.top].config
         pts = [p for p in self.result.frontier if p.config.key != alone.key]
         if q.relative:
-            pts = [p for p in pts if p.cost < self.top_fit_cost]
+            pts = [p for p in pts if self._cheaper(p)]
         else:
             pts.append(self.result.singles[self.top])  # may fail too: then nothing certifies
         return sorted(pts, key=lambda p: (-p.cost, -p.quality))
@@ -282,7 +287,8 @@ class CertifySession:
         x_chosen = test.rows(self._quality(chosen.config), top_q)
         need: float | None = None
         if fallback:
-            need = self._rows_needed(q, test, cands, delta)
+            # what would let a cheaper cascade pass (or, uncertified, the top model itself)
+            need = self._rows_needed(test, cands, delta, top_too=not certified)
         cert = Certificate(
             target=q.text,
             kind=q.kind,
@@ -306,13 +312,15 @@ class CertifySession:
         return self._calibration(objective, chosen, cert, time.perf_counter() - started)
 
     def _rows_needed(
-        self, q: QualityTarget, test: RowTest, cands: list[Point], delta: float
+        self, test: RowTest, cands: list[Point], delta: float, *, top_too: bool
     ) -> float:
-        """Log rows at which the most promising candidate no dearer than the top model
-        would pass, were the certification rows' statistics to hold (same fitting share)."""
+        """Log rows at which the most promising candidate cheaper than the top model (or
+        the top model too) would pass, were the certification rows' statistics to hold
+        (with the same fitting share)."""
         best = math.inf
+        alone = self.result.singles[self.top].config.key
         for p in cands:
-            if p.cost > self.top_fit_cost or (q.relative and p.cost == self.top_fit_cost):
+            if not (self._cheaper(p) or (top_too and p.config.key == alone)):
                 continue
             x = test.rows(self._quality(p.config), self.cert.quality[:, self.top])
             best = min(best, test.rows_needed(x, delta))
@@ -360,26 +368,25 @@ class CertifySession:
         )
 
 
+def check_unit(name: str, value: object, *, low: bool = False, high: bool = False) -> None:
+    """Raise a ConfigError unless ``value`` is a number in the unit interval: open at both
+    ends, or closed at the end(s) ``low``/``high`` say."""
+    ok = not isinstance(value, bool) and isinstance(value, int | float)
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = (v >= 0.0 if low else v > 0.0) and (v <= 1.0 if high else v < 1.0)
+    if not ok:
+        span = f"{'[' if low else '('}0, 1{']' if high else ')'}"
+        raise ConfigError(
+            f"The '{name}' parameter must be a number in {span}. Got {value!r} instead.",
+            field=name,
+        )
+
+
 def _check(confidence: float, tolerance: float, fit_share: float) -> None:
-    if isinstance(confidence, bool) or not (
-        isinstance(confidence, int | float) and 0.0 < confidence < 1.0
-    ):
-        raise ConfigError(
-            f"The 'confidence' parameter must be a number in (0, 1). Got {confidence!r} instead.",
-            field="confidence",
-        )
-    if isinstance(tolerance, bool) or not (
-        isinstance(tolerance, int | float) and 0.0 <= tolerance < 1.0
-    ):
-        raise ConfigError(
-            f"The 'tolerance' parameter must be a number in [0, 1). Got {tolerance!r} instead.",
-            field="tolerance",
-        )
-    if not (isinstance(fit_share, int | float) and 0.0 < fit_share < 1.0):
-        raise ConfigError(
-            f"The 'fit_share' parameter must be a number in (0, 1). Got {fit_share!r} instead.",
-            field="fit_share",
-        )
+    check_unit("confidence", confidence)
+    check_unit("tolerance", tolerance, low=True)
+    check_unit("fit_share", fit_share)
 
 
 def check_certify_options(
@@ -432,5 +439,6 @@ __all__ = [
     "RowTest",
     "certify",
     "check_certify_options",
+    "check_unit",
     "fixed_sequence",
 ]

@@ -58,6 +58,7 @@ from typing import Literal
 import numpy as np
 from scipy.special import betaln, gammaln
 
+from tiered.calibrate.certify import check_unit
 from tiered.errors import ConfigError
 
 Oracle = Callable[[np.ndarray], Sequence[str | None]]
@@ -373,16 +374,8 @@ def _check(
             f"{scores.shape} instead.",
             field="scores",
         )
-    if not (isinstance(target, int | float) and 0.0 < target <= 1.0):
-        raise ConfigError(
-            f"The 'target' parameter must be a number in (0, 1]. Got {target!r} instead.",
-            field="target",
-        )
-    if not (isinstance(confidence, int | float) and 0.0 < confidence < 1.0):
-        raise ConfigError(
-            f"The 'confidence' parameter must be a number in (0, 1). Got {confidence!r} instead.",
-            field="confidence",
-        )
+    check_unit("target", target, high=True)
+    check_unit("confidence", confidence)
     if metric not in ("accuracy", "precision", "recall"):
         raise ConfigError(
             f"The 'metric' parameter must be 'accuracy', 'precision' or 'recall'. Got "

@@ -156,8 +156,8 @@ def evaluate_stages(view: LogView, stages: Sequence[StageRef]) -> Outcome:
             columns[stage.name] = stage.column
         done = run & accepted
         answered_by[done] = k
-        if answers.quality is not None:
-            quality[done] = answers.quality[done]
+        # the view's quality matrix: the log's recorded quality, or a smoothed estimate of it
+        quality[done] = view.quality[done, stage.column]
         if k < last:
             labels = answers.labels
             earlier[stage.name] = (

@@ -1,4 +1,4 @@
-"""Command-line interface: ``tiered batch | calibrate | eval | inspect | run | serve | demo``.
+"""The command line: ``tiered`` batch, calibrate, demo, eval, inspect, report, run, serve.
 
 Each command lives in its own module and registers itself on :data:`app`; heavy imports
 happen inside the commands so that ``tiered --help`` stays fast.

@@ -10,8 +10,9 @@ itself is :mod:`tiered.runner.ray_batch`.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from tiered.runner.ray_batch import BatchResult
+    from tiered.runner.ray_plan import BatchPlan
 
 
 @app.command("batch")
@@ -135,18 +137,33 @@ def batch_cmd(
     )
     console = Console()
     err = Console(stderr=True)
-    if no_progress or not err.is_terminal:
-        result = BatchRun(plan).run()
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress("partitions", *columns, console=err, transient=True) as bar:
-            task = bar.add_task("partitions", total=None)
-            result = BatchRun(
-                plan, on_partition=lambda done, total: bar.update(task, completed=done, total=total)
-            ).run()
+    # SIGTERM stops like Ctrl-C: the local Ray is shut down; written partitions stay
+    old = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if no_progress or not err.is_terminal:
+            result = BatchRun(plan).run()
+        else:
+            result = _with_progress(plan, err)
+    finally:
+        signal.signal(signal.SIGTERM, old)
     _print(console, result)
+
+
+def _with_progress(plan: BatchPlan, err: Console) -> BatchResult:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from tiered.runner.ray_batch import BatchRun
+
+    columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress("partitions", *columns, console=err, transient=True) as bar:
+        task = bar.add_task("partitions", total=None)
+        return BatchRun(
+            plan, on_partition=lambda done, total: bar.update(task, completed=done, total=total)
+        ).run()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _print(console: Console, r: BatchResult) -> None:
@@ -168,6 +185,14 @@ def _print(console: Console, r: BatchResult) -> None:
     )
     target = f", target {s.target:.3f}" if s.target is not None else ""
     t.add_row("agreement (audited)", s.agreement_text() + target)
+    e = r.at_scale
+    if e is not None and e.audits:
+        below = s.target is not None and e.high < s.target
+        t.add_row(
+            "  frozen, at scale",
+            f"{e.agreement:.3f} [{e.low:.3f}, {e.high:.3f}] from {e.audits:,} audits"
+            + (" [bold red]below the target[/]: learn on more records (--learn)" if below else ""),
+        )
     if s.true_agreement is not None:
         t.add_row("agreement (true)", f"{s.true_agreement:.3f} vs the expert's label on every item")
     if s.accuracy is not None:

@@ -103,10 +103,11 @@ def calibrate_cmd(
     if confidence is None:
         from tiered.cli.calibrate_estimators import recommend_cli
 
-        recommend_cli(
+        rec = recommend_cli(
             console, replay_log, out, min_quality=min_quality, budget=budget, folds=folds,
             seed=seed, settings=settings, plot=plot, learned="always" if estimators else learned,
         )  # fmt: skip
+        _print_certificate(console, rec.calibration)
         return
     with console.status("calibrating ..."):
         cal = calibrate(

@@ -7,7 +7,8 @@ Two ways to say what runs:
 - quick mode, no config: ``tiered run in.jsonl -o out.jsonl --text-field text
   --expert-field label --expert-cost 0.002 --target-agreement 0.96`` builds the default
   cheap stages (hashed n-gram; ``--embeddings`` adds the embedding stage) in front of a
-  label-column expert.
+  label-column expert; ``--expert openai:MODEL --labels a,b`` (``--base-url``,
+  ``--api-key-env``, ``--prompt``) or ``--expert local --labels a,b`` puts an LLM there.
 
 The run itself (checkpoints, exactly-once output, resuming) is :mod:`tiered.runner`.
 Ctrl-C or SIGTERM stops at the next batch boundary after a checkpoint and exits with
@@ -22,6 +23,9 @@ from typing import Annotated
 import typer
 
 from tiered.cli.app import app
+
+_QUICK = "Quick mode (no config file)"
+_LLM = "Quick mode: an LLM as the expert"
 
 
 @app.command("run")
@@ -47,30 +51,107 @@ def run_cmd(
         ),
     ] = None,
     text_field: Annotated[
-        str | None, typer.Option("--text-field", help="Quick mode: the text field (default: text).")
+        str | None,
+        typer.Option(
+            "--text-field", help="The text field (default: text).", rich_help_panel=_QUICK
+        ),
     ] = None,
     id_field: Annotated[
         str | None,
-        typer.Option("--id-field", help="Quick mode: the id field (default: line or row number)."),
+        typer.Option(
+            "--id-field",
+            rich_help_panel=_QUICK,
+            help="The id field (default: id when the input file's records have "
+            "one, else the line or row number).",
+        ),
     ] = None,
     label_field: Annotated[
         str | None,
-        typer.Option("--label-field", help="Quick mode: a gold label, for accuracy only."),
+        typer.Option(
+            "--label-field", help="A gold label, for accuracy only.", rich_help_panel=_QUICK
+        ),
     ] = None,
     expert_field: Annotated[
         str | None,
-        typer.Option("--expert-field", help="Quick mode: the column with the expert's label."),
+        typer.Option(
+            "--expert-field",
+            help="The column with the expert's label (or --expert, below).",
+            rich_help_panel=_QUICK,
+        ),
+    ] = None,
+    expert: Annotated[
+        str | None,
+        typer.Option(
+            "--expert",
+            help="openai:MODEL (any OpenAI-compatible endpoint, e.g. openai:gpt-4o-mini) or "
+            "local (Gemma 3 270M on this machine). Needs --labels.",
+            rich_help_panel=_LLM,
+            show_default=False,
+        ),
+    ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option("--labels", help="The labels, comma-separated (a,b,c).", rich_help_panel=_LLM),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url",
+            rich_help_panel=_LLM,
+            help="openai:MODEL's endpoint (default: "
+            "https://api.openai.com/v1; vLLM, Ollama, llama.cpp: http://HOST:PORT/v1).",
+        ),
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key-env",
+            rich_help_panel=_LLM,
+            help="The environment variable holding the API "
+            "key (default: OPENAI_API_KEY for OpenAI; none for another --base-url). The key "
+            "is never logged or stored.",
+        ),
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint",
+            help="chat (default) or completions (for a base model without a chat template).",
+            rich_help_panel=_LLM,
+            show_default=False,
+        ),
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt",
+            help="The prompt template, with {input} (the text) and {labels}.",
+            rich_help_panel=_LLM,
+        ),
     ] = None,
     expert_cost: Annotated[
         float | None,
-        typer.Option("--expert-cost", min=0, help="Quick mode: USD per expert answer."),
+        typer.Option(
+            "--expert-cost",
+            min=0,
+            help="USD per expert answer (needed with --expert-field; an LLM expert without "
+            "it counts $0).",
+            rich_help_panel=_QUICK,
+        ),
     ] = None,
     target_agreement: Annotated[
         float | None,
-        typer.Option("--target-agreement", help="Quick mode: agreement with the expert to hold."),
+        typer.Option(
+            "--target-agreement",
+            help="Agreement with the expert to hold.",
+            rich_help_panel=_QUICK,
+        ),
     ] = None,
     embeddings: Annotated[
-        bool, typer.Option("--embeddings", help="Quick mode: add the sentence-embedding stage.")
+        bool,
+        typer.Option(
+            "--embeddings", help="Add the sentence-embedding stage.", rich_help_panel=_QUICK
+        ),
     ] = False,
     format: Annotated[
         str | None,
@@ -113,6 +194,17 @@ def run_cmd(
             "--limit", min=0, help="Stop after the first N input records (in total, over resumes)."
         ),
     ] = None,
+    max_reject_share: Annotated[
+        float | None,
+        typer.Option(
+            "--max-reject-share",
+            min=0,
+            max=1,
+            help="Stop before starting when every one of the first 1,000 records is rejected, "
+            "or more than this share of them for the same field (default: 0.5; 1: never).",
+            show_default=False,
+        ),
+    ] = None,
     no_progress: Annotated[
         bool, typer.Option("--no-progress", help="No live progress bar.")
     ] = False,
@@ -147,6 +239,9 @@ def run_cmd(
     Running the same command again continues from the last checkpoint: every input record
     is answered (or rejected) exactly once. --fresh starts over. From stdin, a re-run
     skips as many records as the first run committed.
+
+    Quick mode, an LLM as the expert: tiered run reviews.jsonl -o labels.jsonl
+    --expert openai:gpt-4o-mini --labels positive,negative (the key in OPENAI_API_KEY).
     """
     from rich.console import Console
 
@@ -163,6 +258,12 @@ def run_cmd(
             expert_cost=expert_cost,
             target_agreement=target_agreement,
             embeddings=embeddings,
+            expert=expert,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            endpoint=endpoint,
+            labels=labels,
+            prompt=prompt,
         ),
         format=format,
         seed=seed,
@@ -178,6 +279,7 @@ def run_cmd(
         progress=not no_progress,
         throttle_s=throttle,
         exit_when_idle=exit_when_idle,
+        max_reject_share=max_reject_share,
     )
     console = Console()
     err = Console(stderr=True)

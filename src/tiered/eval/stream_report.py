@@ -99,6 +99,12 @@ def _model_text(model: Mapping[str, Any]) -> str:
     return f"{model.get('kind', '?')}" + (f" ({'; '.join(shown)})" if shown else "")
 
 
+def _section(config: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``config[key]`` when it is a mapping, else an empty one."""
+    value = config.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
 def _stage_rows(config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(stage, model, price) of every stage, cheapest first."""
     out = []
@@ -106,7 +112,7 @@ def _stage_rows(config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     for i, stage in enumerate(stages):
         if not isinstance(stage, Mapping):
             continue
-        model = stage.get("model") if isinstance(stage.get("model"), Mapping) else stage
+        model = _section(stage, "model") or stage
         is_expert = i == len(stages) - 1
         name = "expert" if is_expert else str(stage.get("name") or model.get("kind", "?"))
         price = stage.get("usd_per_call")
@@ -123,7 +129,7 @@ def _stage_rows(config: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 def setup_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The run's set-up in a few readable rows (every setting is in :func:`settings_rows`)."""
     rows: list[tuple[str, str]] = []
-    fields = config.get("input") if isinstance(config.get("input"), Mapping) else {}
+    fields = _section(config, "input")
     read = [
         f"{what} `{fields[key]}`"
         for key, what in (("text_field", "text"), ("id_field", "id"), ("label_field", "gold"))
@@ -131,7 +137,7 @@ def setup_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
     if read:
         rows.append(("fields read", ", ".join(read)))
-    online = config.get("online") if isinstance(config.get("online"), Mapping) else {}
+    online = _section(config, "online")
     if online.get("target_agreement") is not None:
         steer = f"hold agreement with the expert ≥ {online['target_agreement']}"
         if online.get("control"):

@@ -39,7 +39,7 @@ class UsdFormatter(Formatter):  # type: ignore[misc]
         locs = sorted(float(v) for v in getattr(self, "locs", []) if math.isfinite(v))
         steps = [b - a for a, b in itertools.pairwise(locs) if b > a]
         step = min(steps) if steps else abs(x)
-        if self.axis is not None and self.axis.get_scale() == "log":
+        if getattr(self.axis, "get_scale", lambda: "linear")() == "log":
             step = abs(x) if x else 1.0  # each log tick stands alone: its own digits
         return usd_tick(x, step)
 

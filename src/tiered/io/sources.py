@@ -20,7 +20,6 @@ Problems of the whole file (not found, a column missing from the header or schem
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import io
@@ -554,39 +553,6 @@ def open_source(
     return cls(p, fm, stream=stream)
 
 
-def first_fields(path: str | Path, format: str | None = None, lines: int = 100) -> list[str] | None:
-    """The field names of the input file's first record (a CSV header, a Parquet schema,
-    the first JSON object among the first ``lines`` lines); None when there is none to read
-    (stdin, an unreadable file: the run itself reports those)."""
-    p = str(path)
-    try:
-        fmt = detect_format(p, format)
-        if p == STDIN or not Path(p).is_file():
-            return None
-        if fmt == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            try:
-                return list(pq.ParquetFile(p).schema_arrow.names)
-            except pa.ArrowException:
-                return None
-        with _open_binary(p) as f:
-            if fmt == "csv":
-                text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
-                return next(csv.reader(text), None)
-            for raw, _ in zip(f, range(lines), strict=False):
-                if raw.isspace():
-                    continue
-                with contextlib.suppress(ValueError, RecursionError):
-                    obj = json.loads(raw)
-                    if isinstance(obj, dict):
-                        return list(obj)
-    except (DataError, OSError, ValueError, csv.Error):
-        return None
-    return None
-
-
 __all__ = [
     "FORMATS",
     "STDIN",
@@ -599,6 +565,5 @@ __all__ = [
     "SourceBatch",
     "SourceFormat",
     "detect_format",
-    "first_fields",
     "open_source",
 ]

@@ -14,6 +14,10 @@
 - :mod:`~tiered.runner.files`: the file endpoints (input file or stdin; output, reject and
   replay files); :mod:`~tiered.runner.counters`, :mod:`~tiered.runner.summary`: what a run
   counts and reports; :mod:`~tiered.runner.progress`: the progress bar and summary table.
+- :mod:`~tiered.runner.ray_batch`: ``tiered batch``, a large file or folder on Ray Data
+  (learn on a sample, freeze, one actor pool per stage; Parquet partitions written once),
+  with :mod:`~tiered.runner.ray_plan`, :mod:`~tiered.runner.ray_parts` and
+  :mod:`~tiered.runner.ray_stages`.
 
 >>> from tiered.runner import make_plan, StreamRun  # doctest: +SKIP
 >>> plan = make_plan(["run.yaml", "in.jsonl"], Path("out.jsonl"))  # doctest: +SKIP

@@ -69,6 +69,7 @@ class QuickOptions:
     expert: str | None = None  # openai:MODEL or local
     base_url: str | None = None
     api_key_env: str | None = None
+    endpoint: str | None = None  # chat or completions
     labels: str | None = None  # comma-separated, as typed
     prompt: str | None = None
 
@@ -155,13 +156,14 @@ _EXPERT_FLAGS = {
     "model": "--expert",
     "base_url": "--base-url",
     "api_key_env": "--api-key-env",
+    "endpoint": "--endpoint",
 }
 
 
 def default_id_field(input_arg: str, format: str | None) -> str | None:
     """``id`` when the input file's first record has an ``id`` field, else None (line or
     row numbers). Stdin and stream inputs are not read ahead for this: pass --id-field."""
-    from tiered.io.sources import first_fields
+    from tiered.io.peek import first_fields
     from tiered.runner.stream_paths import uses_streams
 
     if uses_streams(input_arg, ""):
@@ -188,8 +190,9 @@ def quick_expert(quick: QuickOptions) -> dict[str, Any] | None:
     to classify into ``--labels``; the key is read from the environment variable
     ``--api-key-env`` names (default: OPENAI_API_KEY for OpenAI's endpoint, none for
     another ``--base-url``: a key is never sent to a server it was not given for).
-    ``local`` is Gemma 3 270M in-process (llama.cpp). ``--prompt`` is the template, with
-    ``{input}`` (the text) and ``{labels}``.
+    ``--endpoint completions`` serves base models (no chat template) better. ``local`` is
+    Gemma 3 270M in-process (llama.cpp). ``--prompt`` is the template, with ``{input}``
+    (the text) and ``{labels}``.
     """
     import os
 
@@ -197,6 +200,7 @@ def quick_expert(quick: QuickOptions) -> dict[str, Any] | None:
         "--labels": quick.labels,
         "--base-url": quick.base_url,
         "--api-key-env": quick.api_key_env,
+        "--endpoint": quick.endpoint,
         "--prompt": quick.prompt,
     }
     if quick.expert is None:
@@ -221,7 +225,7 @@ def quick_expert(quick: QuickOptions) -> dict[str, Any] | None:
     expert = quick.expert.strip()
     spec: dict[str, Any]
     if expert == LOCAL_EXPERT:
-        for flag in ("--base-url", "--api-key-env"):
+        for flag in ("--base-url", "--api-key-env", "--endpoint"):
             if llm_flags[flag] is not None:
                 raise ConfigError(f"{flag} is for --expert openai:MODEL", field=flag)
         spec = {
@@ -246,6 +250,7 @@ def quick_expert(quick: QuickOptions) -> dict[str, Any] | None:
             "model": expert[len(OPENAI_EXPERT) :].strip(),
             "base_url": quick.base_url or OPENAI_BASE_URL,
             "api_key_env": key_env,
+            "endpoint": quick.endpoint or "chat",
             "labels": labels,
         }
         if quick.prompt is not None:
@@ -373,7 +378,7 @@ def make_plan(
     progress: bool = True,
     throttle_s: float = 0.0,
     exit_when_idle: float | None = None,
-    max_reject_share: float = DEFAULT_MAX_SHARE,
+    max_reject_share: float | None = None,
 ) -> RunPlan:
     """Resolve the command line (config mode or quick mode) into a :class:`RunPlan`.
 
@@ -422,7 +427,7 @@ def make_plan(
         base_dir=base,
         config_path=config_path,
         exit_when_idle=cfg.exit_when_idle if exit_when_idle is None else exit_when_idle,
-        max_reject_share=max_reject_share,
+        max_reject_share=DEFAULT_MAX_SHARE if max_reject_share is None else max_reject_share,
     )
 
 

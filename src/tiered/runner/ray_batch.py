@@ -46,7 +46,8 @@ from tiered.runner.ray_parts import (
     make_table,
     open_rows,
     read_partition,
-    read_tallies,
+    read_tally,
+    total,
     write_partition,
 )
 from tiered.runner.ray_plan import LEARNED, BatchPlan, Manifest, OutDir, Partition, write_atomic
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from tiered.io.sources import FieldMap
+    from tiered.online.audit import AgreementEstimate
+    from tiered.runner.plan import RunPlan
     from tiered.runner.ray_plan import InputFile
 
 PartitionDone = Callable[[int, int], None]
@@ -71,7 +74,10 @@ class BatchResult:
     ``learned_records``: records in the learning sample; ``learn_s``: seconds this session
     spent learning (0 when the frozen cascade was saved by an earlier one).
     ``apply_items`` / ``apply_s``: items answered at scale this session and the seconds
-    it took (Ray's start included).
+    it took (Ray's start included). ``at_scale``: the agreement of the frozen cascade's
+    answers alone (every partition but the sample's), from their audits: the summary's
+    estimate pools them with the sample's, where the cascade learned as it went (and a
+    frozen cascade may do worse than that on data it never saw).
     """
 
     summary: RunSummary
@@ -83,6 +89,7 @@ class BatchResult:
     apply_items: int
     apply_s: float
     engine: str
+    at_scale: AgreementEstimate | None = None
 
     @property
     def apply_items_per_s(self) -> float:
@@ -97,6 +104,8 @@ class BatchRun:
         self.on_partition = on_partition
         self.fields: FieldMap = field_map(plan.config.input)
         self.engine = "in-process" if plan.in_process else "ray"
+        self._done = 0  # partitions written, this session's and before
+        self._total = 0
 
     def run(self) -> BatchResult:
         plan = self.plan
@@ -121,12 +130,13 @@ class BatchRun:
             t1 = time.perf_counter()
             apply_items = self._apply(out, manifest, rest, frozen) if rest else 0
             apply_s = time.perf_counter() - t1 if rest else 0.0
-            finished = [out.part_path(p) for p in manifest.partitions]
-            old = read_tallies(out.part_path(p) for p in manifest.partitions if p.index in before)
-            total = read_tallies(finished)
+            tallies = {p.index: read_tally(out.part_path(p)) for p in manifest.partitions}
+            old = total(t for i, t in tallies.items() if i in before)
+            scale = total(t for i, t in tallies.items() if i not in sample)
         finally:
             out.close()
-        summary = self._summary(total, old, meta, time.perf_counter() - t0, bool(before))
+        every = total(tallies.values())
+        summary = self._summary(every, old, meta, time.perf_counter() - t0, bool(before))
         return BatchResult(
             summary=summary,
             partitions=len(manifest.partitions),
@@ -137,6 +147,7 @@ class BatchRun:
             apply_items=apply_items,
             apply_s=apply_s,
             engine=self.engine,
+            at_scale=self._estimate(scale) if scale.counters.items else None,
         )
 
     # -- learning ------------------------------------------------------------------------------
@@ -179,7 +190,7 @@ class BatchRun:
         write_atomic(path, lambda p: p.write_bytes(blob))
         return encode_state(frozen), meta, time.perf_counter() - t0
 
-    def _run_plan(self) -> Any:
+    def _run_plan(self) -> RunPlan:
         from tiered.runner.plan import RunPlan
 
         plan = self.plan
@@ -247,17 +258,17 @@ class BatchRun:
             actor_cpus = plan.actor_cpus or min(1.0, round(0.9 * cpus / (n_cheap + 2), 2))
             most = plan.max_actors or max(1, int(cpus))
             self.engine = f"ray ({plan.ray_address or 'local'}, {cpus:g} CPUs)"
-            pool = {
+            pool: dict[str, Any] = {
                 "compute": ActorPoolStrategy(min_size=1, max_size=most),
                 "num_cpus": actor_cpus,
                 "batch_size": None,
                 "batch_format": "pyarrow",
             }
-            ds = ray.data.from_items(
+            ds: ray.data.Dataset = ray.data.from_items(
                 [{"part": p.index} for p in rest], override_num_blocks=len(rest)
             )
             ds = ds.map_batches(
-                read_rows,
+                read_rows,  # type: ignore[arg-type]  # its other arguments are fn_kwargs
                 fn_kwargs={
                     "parts": {p.index: p for p in rest},
                     "files": manifest.files,
@@ -265,7 +276,7 @@ class BatchRun:
                 },
                 batch_size=1,
                 batch_format="pyarrow",
-                num_cpus=actor_cpus / 2,
+                num_cpus=actor_cpus,  # as the stages ask: Ray fuses it into the first one
             )
             for k in range(n_cheap):
                 ds = ds.map_batches(CheapStep, fn_constructor_args=(spec, k), **pool)
@@ -309,25 +320,30 @@ class BatchRun:
 
     # -- the summary ---------------------------------------------------------------------------
 
-    def _summary(
-        self, total: Tally, old: Tally, meta: dict[str, Any], wall: float, resumed: bool
-    ) -> RunSummary:
+    def _estimate(self, tally: Tally) -> AgreementEstimate:
+        """The agreement estimate from a tally's audit counts (:mod:`tiered.online.audit`)."""
         from tiered.online.audit import estimate_agreement
 
-        cfg = self.plan.config
-        c, a = total.counters, total.audit
-        n = c.items
-        names = [s.stage_name for s in cfg.cheap] + ["expert"]
+        on, a = self.plan.config.online, tally.audit
         n_expert = a.get("stage:expert", 0)
         n_all = sum(v for k, v in a.items() if k.startswith("stage:"))
-        est = estimate_agreement(
+        return estimate_agreement(
             n_expert,
             n_all - n_expert,
             a.get("audits", 0),
             a.get("agree", 0),
-            confidence=cfg.online.confidence,
-            method=cfg.online.ci_method,
+            confidence=on.confidence,
+            method=on.ci_method,
         )
+
+    def _summary(
+        self, total: Tally, old: Tally, meta: dict[str, Any], wall: float, resumed: bool
+    ) -> RunSummary:
+        cfg = self.plan.config
+        c = total.counters
+        n = c.items
+        names = [s.stage_name for s in cfg.cheap] + ["expert"]
+        est = self._estimate(total)
         calls = total.expert_calls + int(meta["expert_calls"])
         usd = total.expert_usd + float(meta["expert_usd"])
         per_call = usd / calls if calls else 0.0

@@ -276,22 +276,27 @@ def write_partition(out: OutDir, part: Partition, final: pa.Table, tally: Tally)
     write_atomic(out.part_path(part), lambda p: pq.write_table(answers, p))
 
 
-def read_tallies(paths: Iterable[Path]) -> Tally:
-    """The counts of finished partitions, from their files' metadata."""
+def read_tally(path: Path) -> Tally:
+    """The counts of a finished partition, from its file's metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    total = Tally()
-    for path in paths:
-        try:
-            meta = pq.read_schema(path).metadata or {}
-            total.add(Tally.from_json(json.loads(meta[META_KEY])))
-        except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
-            raise StoreError(
-                f"{path} is not a part file of this tiered version ({type(exc).__name__}: {exc}); "
-                "delete it to answer its partition again, or pass --fresh"
-            ) from exc
-    return total
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        return Tally.from_json(json.loads(meta[META_KEY]))
+    except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
+        raise StoreError(
+            f"{path} is not a part file of this tiered version ({type(exc).__name__}: {exc}); "
+            "delete it to answer its partition again, or pass --fresh"
+        ) from exc
+
+
+def total(tallies: Iterable[Tally]) -> Tally:
+    """The counts of several partitions added up."""
+    out = Tally()
+    for t in tallies:
+        out.add(t)
+    return out
 
 
 __all__ = [
@@ -305,7 +310,8 @@ __all__ = [
     "make_table",
     "open_rows",
     "read_partition",
-    "read_tallies",
+    "read_tally",
+    "total",
     "with_columns",
     "write_partition",
 ]

@@ -44,9 +44,40 @@ FROZEN_FORMAT = "tiered-frozen-cascade"
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's multipliers
 
 
+def frozen_threshold(cascade: OnlineCascade) -> float:
+    """The threshold to hold from now on, with nothing to spend or make up.
+
+    The online controller's last threshold spends the sample's surplus (warm-up items
+    agree by definition) or makes up a shortfall; frozen, it would do so for the whole
+    input. Instead the controller's own prediction (the current heads on its window of
+    recent items, corrected by the audits) picks the lowest threshold whose agreement
+    reaches the target; with ``control: anytime`` the target of the confidence bound,
+    translated as the controller does. ``mu`` configs keep their fixed threshold; an
+    escalated cascade (agreement below target) sends every item to the expert.
+    """
+    from tiered.online.confseq import bound_inflation
+    from tiered.online.head import max_prob_from_features
+
+    cfg, ctrl = cascade.config, cascade.controller
+    if cfg.target_agreement is None or (ctrl.escalated and cfg.escalate):
+        return float(ctrl.threshold)
+    required = float(cfg.target_agreement)
+    if cfg.control == "anytime":
+        disagreed = cascade.meter.total_audits - cascade.meter.total_agree
+        grow = bound_inflation(disagreed, cfg.audit_rate, 1.0 - cfg.confidence)
+        required = 1.0 - (1.0 - required - cfg.anytime_margin) / grow
+    if cfg.deferral_signal == "max_prob":
+        scorers = [max_prob_from_features] * len(cascade.cheap)
+    else:
+        scorers = [h.predict for h in cascade.heads]
+    ok = np.flatnonzero(ctrl.predicted_agreement(scorers) >= min(required, 1.0))
+    return float(ctrl.grid[ok[0]] if ok.size else ctrl.grid[-1])
+
+
 def freeze(cascade: OnlineCascade, config: RunConfig) -> dict[str, Any]:
-    """What ``cascade`` learned, for the steps: its stages' state and its threshold (a
-    state tree: :func:`~tiered.store.state.encode_state` makes it :attr:`StepSpec.frozen`)."""
+    """What ``cascade`` learned, for the steps: its stages' state and the threshold to hold
+    (:func:`frozen_threshold`), as a state tree (:func:`~tiered.store.state.encode_state`
+    makes it :attr:`StepSpec.frozen`)."""
     state = cascade.state_dict()
     stages = [
         {"model": m, "head": h, "tracker": t}
@@ -55,7 +86,7 @@ def freeze(cascade: OnlineCascade, config: RunConfig) -> dict[str, Any]:
     return {
         "format": FROZEN_FORMAT,
         "config": config.model_dump(mode="json"),
-        "threshold": float(cascade.controller.threshold),
+        "threshold": frozen_threshold(cascade),
         "stages": stages,
     }
 
@@ -222,4 +253,4 @@ class ExpertStep:
         return with_columns(table, cols).select(list(FINAL))
 
 
-__all__ = ["CheapStep", "ExpertStep", "StepSpec", "audit_draws", "freeze"]
+__all__ = ["CheapStep", "ExpertStep", "StepSpec", "audit_draws", "freeze", "frozen_threshold"]

@@ -38,6 +38,7 @@ class RejectGuard:
 
     max_share: float = DEFAULT_MAX_SHARE
     window: int = DEFAULT_WINDOW
+    text_field: str | None = None  # an item's fields leave it out: named when items came
     records: int = 0
     rejects: int = 0
     by_field: Counter[str | None] = field(default_factory=Counter)
@@ -47,6 +48,8 @@ class RejectGuard:
 
     def see(self, batch: SourceBatch) -> None:
         self.records += batch.n_records
+        if batch.items and self.text_field is not None:
+            self._names([self.text_field])
         for it in batch.items:
             self._names(it.fields)
         for r in batch.rejects:
@@ -74,9 +77,9 @@ class RejectGuard:
             return None
         scope = f"{n:,} records" if n < self.window else f"first {n:,} records"
         if name is not None and self.lacking[name] == count == n:
-            what = f"no record has this field (of the {scope})"
+            what = "no record has this field" if n < self.window else f"none of the {scope} has it"
         elif name is not None and self.lacking[name] == count:
-            what = f"{count:,} of the {scope} have no such field"
+            what = f"{count:,} of the {scope} lack this field"
         else:
             why = self.example[name].reason
             what = f"{count:,} of the {scope} were rejected for it, e.g. {why}"
@@ -89,8 +92,7 @@ class RejectGuard:
             close = difflib.get_close_matches(name or "", names, n=1)
             if close:
                 what += f" (did you mean '{close[0]}'?)"
-        stop = "every record" if every else f"a share over {self.max_share:g}"
-        what += f". Nothing was run: {stop} rejected stops a run (--max-reject-share 1 runs anyway)"
+        what += ". Nothing was run (--max-reject-share 1 would run it anyway)"
         return DataError(what, path=source, field=name)
 
 
@@ -116,7 +118,7 @@ def check_input(
     :class:`DataError` of :class:`RejectGuard` when they show the settings are wrong."""
     if max_share >= 1:
         return
-    guard = RejectGuard(max_share=max_share, window=window)
+    guard = RejectGuard(max_share=max_share, window=window, text_field=source.fields.text_field)
     n = window if limit is None else min(window, limit)
     for batch in source.batches(batch_size=min(n, 1024) or 1, max_records=n):
         guard.see(batch)

@@ -73,6 +73,8 @@ class StreamRun:
 
     def run(self) -> RunSummary:
         plan = self.plan
+        # the cascade first: a config error is told before the input is read and checked
+        rc = build_cascade(plan, wrap_expert=self.wrap_expert)
         endpoints = self.endpoints or plan_endpoints(plan)
         folders: dict[str, Path | None] = {}
         if self.endpoints is None:  # the plan's own files (an output may be a stream)
@@ -81,7 +83,6 @@ class StreamRun:
             folders["--replay-out"] = plan.replay_out
         folders |= {"--store": plan.store, "--report": plan.report}
         try:
-            rc = build_cascade(plan, wrap_expert=self.wrap_expert)
             ensure_folders(folders)
         except BaseException:
             endpoints.source.close()

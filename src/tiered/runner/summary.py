@@ -149,10 +149,12 @@ def stored_run(path: str | Path) -> StoredRun:
         history, config = store.history(), store.config()
     counters = RunCounters.from_json(checkpoint.counters)
     last = history[-1] if history else {}
+    # the last history row holds the learner's stats as of the checkpoint
     zero = {"n_items": 0, "expert_calls": 0, "audits": 0, "usd_spent": 0.0, "usd_expert_only": 0.0}
-    stats = LearnerStats(
-        **{f.name: last.get(f.name, zero.get(f.name)) for f in fields(LearnerStats)}
-    )
+    saved: dict[str, Any] = {
+        f.name: last.get(f.name, zero.get(f.name)) for f in fields(LearnerStats)
+    }
+    stats = LearnerStats(**saved)
     run = RunConfig.model_validate(config)
     summary = summarise(
         counters,
