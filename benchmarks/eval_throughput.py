@@ -22,8 +22,8 @@ from rich.table import Table
 from tiered.core.spec import BuildContext, CascadeSpec
 from tiered.eval import evaluate
 from tiered.replay.load import load_replay
-from tiered.replay.synthetic import DEFAULT_MODELS, make_synthetic_log, write_jsonl
 from tiered.replay.model import replay_items
+from tiered.replay.synthetic import DEFAULT_MODELS, make_synthetic_log, write_jsonl
 
 THRESHOLDS = (-0.05, -0.1, -0.15, -0.2)  # log-prob; the last stage answers the rest
 

@@ -100,9 +100,9 @@ def offline(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         full = LogView.of(load_replay(path))
         rng = np.random.default_rng(args.seed)
-        viol = {(t, c): [] for t in TARGETS for c in (0, 1)}
-        viol_half = {(t, c): [] for t in TARGETS for c in (0, 1)}
-        rel = {(t, c): [] for t in TARGETS for c in (0, 1)}
+        viol: dict[tuple[str, int], list[bool]] = {(t, c): [] for t in TARGETS for c in (0, 1)}
+        viol_half: dict[tuple[str, int], list[bool]] = {k: [] for k in viol}
+        rel: dict[tuple[str, int], list[float]] = {k: [] for k in viol}
         needed: list[float] = []
         for split in range(args.splits):
             order = rng.permutation(full.n)
@@ -279,11 +279,14 @@ def labels(args: argparse.Namespace) -> None:
         n = len(gold)
         for target in args.targets:
             got: dict[str, list[tuple[int, float]]] = {"tiered": [], "BARGAIN_A": []}
+
+            def oracle(i: np.ndarray, g: np.ndarray = gold) -> list[str]:
+                return [str(x) for x in g[i]]
+
             for seed in range(args.seeds):
                 res = certify_labels(
-                    cheap, scores, lambda i, g=gold: g[i].tolist(), target=target,
-                    confidence=1 - args.delta, seed=seed,
-                )  # fmt: skip
+                    cheap, scores, oracle, target=target, confidence=1 - args.delta, seed=seed
+                )
                 acc = float(np.mean(np.array(res.labels, dtype=object) == gold))
                 got["tiered"].append((res.oracle_calls, acc))
                 if not args.no_bargain:

@@ -43,7 +43,7 @@ def _population(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 def _cascades(p: dict[str, np.ndarray], rows: np.ndarray, taus: np.ndarray) -> np.ndarray:
     """Quality ``(len(taus), len(rows))`` of "cheap if conf >= tau, else top"."""
     take = p["conf"][rows][None, :] >= taus[:, None]
-    return np.where(take, p["cheap"][rows][None, :], p["top"][rows][None, :])
+    return np.asarray(np.where(take, p["cheap"][rows][None, :], p["top"][rows][None, :]))
 
 
 @pytest.mark.parametrize("target", ["top-0.02", "top*0.95", "0.8"])
@@ -95,7 +95,10 @@ def test_betting_pvalue_is_valid_under_the_null_and_adapts_to_variance() -> None
     assert rows_needed(calm, -0.005, -1.0, DELTA) < rows_needed(noisy, -0.005, -1.0, DELTA) / 3
     # and rows_needed is where the p-value crosses delta
     need = int(rows_needed(calm, -0.005, -1.0, DELTA))
-    scale = lambda m: np.r_[np.zeros(m - m // 50), np.ones(m // 50)]  # noqa: E731
+
+    def scale(m: int) -> np.ndarray:  # m rows drawn like ``calm``
+        return np.r_[np.zeros(m - m // 50), np.ones(m // 50)]
+
     assert betting_pvalue(scale(need + 50), -0.005, -1.0, 1.0) <= DELTA
     assert betting_pvalue(scale(need // 2), -0.005, -1.0, 1.0) > DELTA
 

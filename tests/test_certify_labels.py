@@ -36,7 +36,7 @@ class _Oracle:
 
     def __call__(self, idx: np.ndarray) -> list[str]:
         self.asked[idx] += 1
-        return self.truth[idx].tolist()
+        return [str(x) for x in self.truth[idx]]
 
 
 def test_the_bound_covers_the_errors_at_every_draw() -> None:

@@ -66,6 +66,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
             text = " ".join(rng.choice(["the", "a", "film", "plot", *WORDS[lab]]) for _ in range(8))
             f.write(json.dumps({"id": f"r{i}", "text": text, "label": lab}) + "\n")
     write_synthetic_log(root / "LOG.jsonl", 300, seed=0)
+    write_synthetic_log(root / "NEW.jsonl", 200, seed=1)  # new data for the calibrated cascade
     (root / "examples").symlink_to(ROOT / "examples")
     return root
 

@@ -176,8 +176,8 @@ class RowTest:
         if self.target.kind == "absolute":
             return cascade
         if self.target.kind == "top-":
-            return cascade - top
-        return cascade - self.target.value * top
+            return np.asarray(cascade - top, dtype=float)
+        return np.asarray(cascade - self.target.value * top, dtype=float)
 
     def pvalue(self, x: np.ndarray) -> float:
         if self.binary:

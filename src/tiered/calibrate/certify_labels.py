@@ -245,7 +245,7 @@ def _futile(
 
 
 def certify_labels(
-    cheap_labels: Sequence[str | None],
+    cheap_labels: Sequence[str | None] | np.ndarray,
     scores: Sequence[float] | np.ndarray,
     oracle: Oracle,
     *,

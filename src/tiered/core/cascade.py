@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -92,6 +92,11 @@ class Decision:
     confidence: dict[str, float]
     trace: list[StepTrace]
     quality: float | None = None
+
+
+def _earlier(labels: dict[str, np.ndarray], run: np.ndarray) -> dict[str, Sequence[str | None]]:
+    """Earlier stages' labels at the positions ``run`` (object arrays: str | None each)."""
+    return {name: cast("Sequence[str | None]", lab[run]) for name, lab in labels.items()}
 
 
 class CascadeResult:
@@ -251,7 +256,7 @@ class Cascade:
             stage_name=stage.name,
             stage_index=k,
             items=[items[i] for i in run.tolist()],
-            earlier={name: lab[run] for name, lab in earlier_labels.items()},
+            earlier=_earlier(earlier_labels, run),
         )
         admit = np.asarray(stage.gate.admit(ctx), dtype=bool)
         if admit.shape != run.shape:
@@ -261,7 +266,8 @@ class Cascade:
             )
         if getattr(stage.gate, "on_reject", "next") == "last":
             to_last[run[~admit]] = True
-        return run[admit]
+        admitted: np.ndarray = run[admit]
+        return admitted
 
     def _drive(self, items: list[Item]) -> Generator[_Request, AnswerBatch, CascadeResult]:
         n = len(items)
@@ -316,7 +322,7 @@ class Cascade:
                     stage_name=stage.name,
                     stage_index=k,
                     items=batch,
-                    earlier={name: lab[run] for name, lab in earlier_labels.items()},
+                    earlier=_earlier(earlier_labels, run),
                 )
                 accepted = stage.rule(answers, ctx)
             steps.append(StageStep(stage.name, run, answers, paid, accepted, skipped))

@@ -73,7 +73,8 @@ class LatencyCost(CostModel):
     per_ms: float = Field(default=1.0, ge=0)
 
     def cost(self, answers: AnswerBatch) -> np.ndarray:
-        return np.nan_to_num(answers.latency_ms) * self.per_ms
+        usd: np.ndarray = np.nan_to_num(answers.latency_ms) * self.per_ms
+        return usd
 
 
 _COSTS: dict[str, type[CostModel]] = {

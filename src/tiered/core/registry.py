@@ -15,8 +15,9 @@ A kind is found, in this order, among:
        my_rule = "my_package.rules:MyRule"              # a DeferralRule subclass
 
 An entry point names the object itself (or a module that registers the kind when it is
-imported); a kind declared by two installed packages is refused, naming both. Entry points are read when a kind is not found otherwise (and when listing
-kinds), so a package installed while the process runs is seen on the next lookup.
+imported); a kind declared by two installed packages is refused, naming both. Entry points
+are read when a kind is not found otherwise (and when listing kinds), so a package installed
+while the process runs is seen on the next lookup.
 """
 
 from __future__ import annotations

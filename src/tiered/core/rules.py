@@ -96,8 +96,8 @@ class DeferralRule(BaseModel):
         return self.model_dump(mode="json")
 
     def __call__(self, answers: AnswerBatch, ctx: RuleContext) -> np.ndarray:
-        mask = np.asarray(self.accept(answers, ctx), dtype=bool)
-        return mask & answers.answered
+        mask: np.ndarray = np.asarray(self.accept(answers, ctx), dtype=bool) & answers.answered
+        return mask
 
 
 def parse_rule(spec: DeferralRule | Mapping[str, Any]) -> DeferralRule:
@@ -249,7 +249,7 @@ def _final_number(text: str) -> str | None:
     found = _NUMBER.findall(tail)
     if not found:
         return None
-    raw = found[0 if "####" in text else -1].replace(",", "").replace("$", "")
+    raw: str = found[0 if "####" in text else -1].replace(",", "").replace("$", "")
     try:
         value = float(raw)
     except ValueError:

@@ -28,7 +28,8 @@ def _need_probs(answers: AnswerBatch, name: str) -> np.ndarray:
 
 
 def max_prob(answers: AnswerBatch) -> np.ndarray:
-    return _need_probs(answers, "max_prob").max(axis=1)
+    top: np.ndarray = _need_probs(answers, "max_prob").max(axis=1)
+    return top
 
 
 def margin(answers: AnswerBatch) -> np.ndarray:
@@ -42,7 +43,8 @@ def margin(answers: AnswerBatch) -> np.ndarray:
 
 def entropy(answers: AnswerBatch) -> np.ndarray:
     p = np.clip(_need_probs(answers, "entropy"), 1e-12, 1.0)
-    return -(p * np.log(p)).sum(axis=1)
+    h: np.ndarray = -(p * np.log(p)).sum(axis=1)
+    return h
 
 
 def vote_share(samples: list[list[str]]) -> np.ndarray:

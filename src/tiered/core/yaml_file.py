@@ -32,7 +32,7 @@ def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     """1-based line of the deepest node along ``loc`` that exists."""
     if node is None:
         return None
-    line = node.start_mark.line + 1
+    line: int | None = node.start_mark.line + 1
     for key in loc:
         child = None
         if isinstance(node, yaml.MappingNode):

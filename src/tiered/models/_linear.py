@@ -369,7 +369,7 @@ class MemoryLogistic:
 
     def partial_fit(self, X: Matrix, labels: Sequence[str]) -> None:
         """Remember the rows with their labels, then refit on the memory."""
-        X = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)
+        X = np.asarray(X.toarray() if isinstance(X, sp.spmatrix) else X, dtype=np.float32)
         y = [str(v) for v in labels]
         if X.shape[0] != len(y):
             raise ValueError(f"got {X.shape[0]} rows and {len(y)} labels")

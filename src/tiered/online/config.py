@@ -8,7 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tiered.online.intervals import CIMethod
 
-
 ANYTIME_AUDIT_RATE = 0.1
 
 

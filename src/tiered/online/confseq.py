@@ -83,7 +83,8 @@ def _log_mixture(t: np.ndarray, s: int, a: float, upper: bool) -> np.ndarray:
             num = betaln(x, y) + np.log(part(x, y, a))
         den = betaln(al, be) + math.log(part(al, be, a))
         out.append(num - den - s * math.log(a) - (t - s) * math.log1p(-a))
-    return np.logaddexp.reduce(np.stack(out), axis=0) - math.log(len(PRIOR_STRENGTHS))
+    mixed = np.logaddexp.reduce(np.stack(out), axis=0) - math.log(len(PRIOR_STRENGTHS))
+    return np.asarray(mixed, dtype=float)
 
 
 def _first_true(lo: int, hi: int, test: Callable[[int], bool]) -> int:

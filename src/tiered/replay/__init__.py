@@ -1,4 +1,4 @@
-"""The recorded-output log: loading, the per-model matrices, views, the replay model, synthetic logs.
+"""The recorded-output log: loading, per-model matrices, views, the replay model, synthetic logs.
 
 A replay log holds real outputs of real models (one JSON object per query); calibration,
 evaluation and the learned estimators all read it through :class:`ReplayLog`.

@@ -308,9 +308,13 @@ class _Conn(asyncio.Protocol):
             if stop_after is not None and k >= stop_after:
                 self.close()
                 return
+            choice: dict[str, Any]
             if delta is None:  # the last chunk: why the answer ended
-                choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
-                choice.update({"delta": {}} if chat else {"text": ""})
+                choice = {"index": 0, "finish_reason": finish}
+                if chat:
+                    choice["delta"] = {}
+                else:
+                    choice["text"] = ""
             else:
                 choice = {"index": 0, "delta": delta} if chat else {"index": 0, **delta}
                 choice["finish_reason"] = None

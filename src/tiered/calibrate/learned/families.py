@@ -27,9 +27,9 @@ from tiered.calibrate.families import (
     default_families,
     short_between,
 )
-from tiered.replay.view import LogView
 from tiered.calibrate.learned.estimator import QualityEstimator, normalise
 from tiered.calibrate.learned.rules import ScorerThreshold
+from tiered.replay.view import LogView
 
 
 @dataclass

@@ -43,11 +43,9 @@ def routing_spec(
     for k, h in enumerate(heads):
         last = k == len(heads) - 1
         stages.append(
-            StageSpec(
-                name=h,
-                model={"kind": "replay", "model": h},
-                **({} if last else {"rule": rule, "gate": rule}),
-            )
+            StageSpec(name=h, model={"kind": "replay", "model": h})
+            if last
+            else StageSpec(name=h, model={"kind": "replay", "model": h}, rule=rule, gate=rule)
         )
     return CascadeSpec(name=name, stages=stages, metadata=metadata or {})
 

@@ -31,11 +31,11 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import betainc
 
+from tiered.calibrate.learned.estimator import QualityEstimator, normalise
 from tiered.core.answers import AnswerBatch
 from tiered.core.items import Item
 from tiered.errors import ConfigError
 from tiered.replay.log import ReplayLog
-from tiered.calibrate.learned.estimator import QualityEstimator, normalise
 
 _TIE = 1e-12
 
