@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tiered.calibrate import SearchSettings, calibrate
-from tiered.calibrate.certify import RowTest, fixed_sequence
+from tiered.calibrate import SearchSettings
+from tiered.calibrate.certify import RowTest, certify, fixed_sequence
 from tiered.calibrate.certify_stats import betting_pvalue, binomial_pvalue, rows_needed
 from tiered.calibrate.families import ThresholdFamily
 from tiered.calibrate.objective import parse_min_quality
@@ -134,9 +134,7 @@ def _families(view: object) -> list[ThresholdFamily]:
 
 
 def test_a_large_log_certifies_a_cheaper_cascade_and_says_so(tmp_path: Path) -> None:
-    cal = calibrate(
-        _log(6000), min_quality="top-0.02", confidence=0.95, settings=FAST, families=_families
-    )
+    cal = certify(_log(6000), "top-0.02", confidence=0.95, settings=FAST, families=_families)
     cert = cal.certificate
     assert cert is not None and cert.certified and not cert.fallback
     assert cal.chosen.stages == ["cheap", "top"] and cal.relative_cost < 0.9
@@ -153,9 +151,7 @@ def test_a_large_log_certifies_a_cheaper_cascade_and_says_so(tmp_path: Path) -> 
 
 
 def test_a_small_log_falls_back_to_the_top_model_and_says_how_many_rows_would_do() -> None:
-    cal = calibrate(
-        _log(300), min_quality="top", confidence=0.95, settings=FAST, families=_families
-    )
+    cal = certify(_log(300), "top", confidence=0.95, settings=FAST, families=_families)
     cert = cal.certificate
     assert cert is not None and cert.fallback and cert.certified  # top meets "top" itself
     assert cal.chosen.stages == ["top"]
@@ -164,7 +160,7 @@ def test_a_small_log_falls_back_to_the_top_model_and_says_how_many_rows_would_do
 
 
 def test_an_unreachable_absolute_target_is_not_certified() -> None:
-    cal = calibrate(_log(400), min_quality=0.95, confidence=0.95, settings=FAST, families=_families)
+    cal = certify(_log(400), 0.95, confidence=0.95, settings=FAST, families=_families)
     cert = cal.certificate
     assert cert is not None and not cert.certified
     assert cert.statement().startswith("NOT certified: not even top")
@@ -173,11 +169,11 @@ def test_an_unreachable_absolute_target_is_not_certified() -> None:
 def test_bad_certification_options_are_clear_errors() -> None:
     log = _log(200)
     with pytest.raises(ConfigError, match="'confidence' parameter must be a number in"):
-        calibrate(log, confidence=1.5)
+        certify(log, confidence=1.5)
     with pytest.raises(ConfigError, match="'tolerance' parameter"):
-        calibrate(log, confidence=0.9, tolerance=-0.1)
-    with pytest.raises(ConfigError, match="needs a quality target"):
-        calibrate(log, budget=1e-5, confidence=0.9)
+        certify(log, confidence=0.9, tolerance=-0.1)
+    with pytest.raises(ConfigError, match="'min_quality' parameter"):
+        certify(log, "best", confidence=0.9)
 
 
 def test_cli_calibrate_certifies_and_inspect_shows_the_certificate(tmp_path: Path) -> None:

@@ -294,6 +294,7 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, "COLUMNS": "300"},  # the summary's rows on one line each
     )
 
 

@@ -15,7 +15,8 @@ from tiered.calibrate.calibrator import (
     calibrate,
     choose,
 )
-from tiered.calibrate.certify import Certificate, certify
+from tiered.calibrate.certificate import Certificate
+from tiered.calibrate.certify import certify
 from tiered.calibrate.certify_labels import CertifiedLabels, certify_labels
 from tiered.calibrate.evaluate import Outcome, StageRef, evaluate_spec, evaluate_stages
 from tiered.calibrate.families import (

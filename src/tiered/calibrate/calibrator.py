@@ -22,17 +22,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from tiered.calibrate.certify import (
-    DEFAULT_FIT_SHARE,
-    DEFAULT_TOLERANCE,
-    Certificate,
-    CertifySession,
-    certify,
-)
+from tiered.calibrate.certificate import Certificate
 from tiered.calibrate.curve import frontier_record
 from tiered.calibrate.evaluate import evaluate_stages
 from tiered.calibrate.families import RuleFamily, default_families
@@ -125,6 +119,12 @@ class CVReport:
         }
 
 
+class _Decides(Protocol):
+    """What :meth:`Calibration.with_objective` asks of the searches it kept."""
+
+    def decide(self, objective: Objective) -> Calibration: ...
+
+
 @dataclass
 class Calibration:
     """What :func:`calibrate` found: the frontier, the chosen point and its cascade file."""
@@ -145,8 +145,8 @@ class Calibration:
     seconds: float
     evaluated: int
     notes: list[str] = field(default_factory=list)
-    session: _Session | CertifySession | None = field(default=None, repr=False, compare=False)
-    certificate: Certificate | None = None  # with ``confidence``: what was certified
+    session: _Decides | None = field(default=None, repr=False, compare=False)
+    certificate: Certificate | None = None  # a certified calibration's promise
     spec: CascadeSpec = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -497,9 +497,6 @@ def calibrate(
     cv_repeats: int = 1,
     settings: SearchSettings | None = None,
     families: FamilyFactory | None = None,
-    confidence: float | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
-    fit_share: float = DEFAULT_FIT_SHARE,
 ) -> Calibration:
     """Find the cost–quality frontier of cascades on ``log`` and choose a point on it.
 
@@ -519,10 +516,8 @@ def calibrate(
       (a cascade saving 1% is not worth its extra stages and latency).
     - ``families``: builds the rule families from a view (default
       :func:`~tiered.calibrate.families.default_families`); the extension point for new rules.
-    - ``confidence`` (e.g. 0.95): certify the quality target instead (see
-      :mod:`tiered.calibrate.certify`): search on ``fit_share`` of the rows, test on the
-      rest, and promise quality >= target - ``tolerance`` on new data with that
-      probability. Cross-validation is not used.
+
+    To make the quality target a promise instead, see :func:`tiered.calibrate.certify`.
     """
     objective = Objective.make(min_quality, budget)
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 0:
@@ -549,11 +544,6 @@ def calibrate(
     view = log if isinstance(log, LogView) else LogView.of(log)
     if view.n == 0:
         raise ConfigError("cannot calibrate on an empty log", field="log")
-    if confidence is not None:
-        return certify(
-            view, objective, confidence=confidence, tolerance=tolerance, fit_share=fit_share,
-            seed=seed, settings=settings, families=families,
-        )  # fmt: skip
     session = _Session(
         view,
         folds=folds,

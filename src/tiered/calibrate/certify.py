@@ -35,118 +35,25 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
 import numpy as np
 
+from tiered.calibrate.calibrator import Calibration, _point
+from tiered.calibrate.certificate import Certificate
 from tiered.calibrate.certify_stats import betting_pvalue, binomial_pvalue, rows_needed
 from tiered.calibrate.evaluate import evaluate_stages
 from tiered.calibrate.families import RuleFamily, default_families
 from tiered.calibrate.objective import Objective, QualityTarget
 from tiered.calibrate.search import Config, Point, SearchSettings, search
 from tiered.errors import ConfigError
+from tiered.replay.log import ReplayLog
 from tiered.replay.view import LogView
-
-if TYPE_CHECKING:
-    from tiered.calibrate.calibrator import Calibration
 
 FamilyFactory = Callable[[LogView], Sequence[RuleFamily]]
 
 DEFAULT_TOLERANCE = 0.005
 DEFAULT_FIT_SHARE = 0.3  # the search needs fewer rows than a paired test (measured)
-
-
-@dataclass(frozen=True, slots=True)
-class Certificate:
-    """What was certified, on how many rows, and how (see the module docstring).
-
-    - ``target``: the ``min_quality`` text; ``reference_model``: the best single model of
-      the fitting rows, which a relative target is measured against.
-    - ``certified``: the chosen cascade passed its test. ``fallback``: nothing cheaper
-      than the best single model passed, so it alone is the answer (for a relative target
-      it meets the promise by definition; for an absolute one ``certified`` says whether
-      it was shown to).
-    - ``bound``: the promised quality (absolute targets), or the promised difference to
-      the reference model's quality (``top``/``top-x``: ``-x - tolerance``;
-      ``top*c``: the difference to ``c`` times its quality, ``-tolerance``).
-    - ``estimate``: that statistic on the certification rows (the chosen cascade's).
-    - ``rows_needed``: when the fallback was chosen, about how many log rows would let a
-      cheaper cascade be certified (``None`` otherwise; ``inf`` when none looks able to).
-    """
-
-    target: str
-    kind: str
-    value: float
-    confidence: float
-    tolerance: float
-    reference_model: str | None
-    certified: bool
-    fallback: bool
-    bound: float
-    estimate: float
-    p_value: float | None
-    test: str
-    rows: int
-    rows_fit: int
-    rows_certify: int
-    candidates: int
-    tested: int
-    rows_needed: float | None
-
-    @property
-    def relative(self) -> bool:
-        return self.kind != "absolute"
-
-    def promise(self) -> str:
-        """The promise in words: ``quality >= 0.85 - 0.005``."""
-        eps = f"{self.tolerance:g}"
-        if self.kind == "absolute":
-            return f"quality >= {self.value:g} - {eps}"
-        ref = f"quality of {self.reference_model}"
-        if self.kind == "top*":
-            return f"quality >= {self.value:g} x {ref} - {eps}"
-        less = f" - {self.value:g}" if self.value > 0 else ""
-        return f"quality >= {ref}{less} - {eps}"
-
-    def statement(self) -> str:
-        """One sentence for the user (the cascade file and ``tiered inspect`` show it)."""
-        conf = f"{100 * self.confidence:g}% confidence"
-        rows = f"{self.rows_certify:,} rows"
-        paired = f" (paired with {self.reference_model} on the same rows)" if self.relative else ""
-        if self.certified and not self.fallback:
-            return f"{self.promise()} with {conf}{paired}, certified on {rows}"
-        need = ""
-        if self.rows_needed is not None:
-            if math.isfinite(self.rows_needed):
-                more = max(int(self.rows_needed) - self.rows, 0)
-                what = "a cheaper cascade" if self.certified else "a cascade"
-                need = (
-                    f"; a log of about {int(self.rows_needed):,} rows ({more:,} more) would be "
-                    f"needed to certify {what}"
-                )
-            else:
-                need = "; no cheaper cascade looks able to reach it on more rows either"
-        if self.relative:
-            return (
-                f"no cascade cheaper than {self.reference_model} could be certified to have "
-                f"{self.promise()} with {conf} on {rows}: {self.reference_model} alone is "
-                f"the answer{need}"
-            )
-        if self.certified:
-            alone = f"{self.reference_model} alone"
-            return f"{self.promise()} with {conf}, certified on {rows} ({alone}){need}"
-        return (
-            f"NOT certified: not even {self.reference_model} could be shown to have "
-            f"{self.promise()} with {conf} on {rows}{need}"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["statement"] = self.statement()
-        if out["rows_needed"] is not None and not math.isfinite(out["rows_needed"]):
-            out["rows_needed"] = None if self.rows_needed is None else "unreachable"
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +237,6 @@ class CertifySession:
     def _calibration(
         self, objective: Objective, chosen: Point, cert: Certificate, seconds: float
     ) -> Calibration:
-        from tiered.calibrate.calibrator import Calibration, _point
         from tiered.eval.metrics import oracle_bound
 
         view = self.view
@@ -408,19 +314,26 @@ def check_certify_options(
 
 
 def certify(
-    log: LogView,
-    objective: Objective,
+    log: ReplayLog | LogView,
+    min_quality: str | float | QualityTarget = "top",
     *,
-    confidence: float,
+    confidence: float = 0.95,
     tolerance: float = DEFAULT_TOLERANCE,
     fit_share: float = DEFAULT_FIT_SHARE,
     seed: int = 0,
     settings: SearchSettings | None = None,
     families: FamilyFactory | None = None,
 ) -> Calibration:
-    """The cheapest cascade certified for ``objective``'s quality target (module docstring)."""
+    """The cheapest cascade certified to reach ``min_quality`` (``top``, ``top-0.01``,
+    ``top*0.95`` or a number) less ``tolerance`` on new data with probability
+    ``confidence``: search on ``fit_share`` of the rows, test on the rest (see the module
+    docstring). The result's ``certificate`` says what was promised."""
+    view = log if isinstance(log, LogView) else LogView.of(log)
+    if view.n == 0:
+        raise ConfigError("cannot calibrate on an empty log", field="log")
+    objective = Objective.make(min_quality)
     session = CertifySession(
-        log,
+        view,
         confidence=confidence,
         tolerance=tolerance,
         fit_share=fit_share,
@@ -434,7 +347,6 @@ def certify(
 __all__ = [
     "DEFAULT_FIT_SHARE",
     "DEFAULT_TOLERANCE",
-    "Certificate",
     "CertifySession",
     "RowTest",
     "certify",

@@ -81,7 +81,7 @@ def calibrate_cmd(
     """Find the cheapest cascade meeting a quality target (or the best within a budget)."""
     from rich.console import Console
 
-    from tiered.calibrate import SearchSettings, calibrate
+    from tiered.calibrate import SearchSettings
     from tiered.calibrate.objective import Objective
     from tiered.errors import ConfigError
     from tiered.replay.load import load_replay
@@ -109,16 +109,16 @@ def calibrate_cmd(
         )  # fmt: skip
         _print_certificate(console, rec.calibration)
         return
-    with console.status("calibrating ..."):
-        cal = calibrate(
+    from tiered.calibrate.certify import certify
+
+    with console.status("certifying ..."):
+        cal = certify(
             replay_log,
-            min_quality=min_quality,
-            budget=budget,
-            folds=folds,
-            seed=seed,
-            settings=settings,
+            "top" if min_quality is None else min_quality,
             confidence=confidence,
             tolerance=tolerance,
+            seed=seed,
+            settings=settings,
         )
     print_calibration(console, cal)
     _print_certificate(console, cal)

@@ -12,7 +12,8 @@ Two ways to say what runs:
 
 The run itself (checkpoints, exactly-once output, resuming) is :mod:`tiered.runner`.
 Ctrl-C or SIGTERM stops at the next batch boundary after a checkpoint and exits with
-128 + the signal (130, 143): run the same command again to continue.
+128 + the signal (130, 143): run the same command again to continue. With
+``--fail-below-target`` a run whose agreement alarm was raised exits with 3.
 """
 
 from __future__ import annotations
@@ -232,6 +233,14 @@ def run_cmd(
             help="A Redis stream INPUT: end once it has stayed empty this many seconds.",
         ),
     ] = None,
+    fail_below_target: Annotated[
+        bool,
+        typer.Option(
+            "--fail-below-target",
+            help="Exit with code 3 when the agreement's upper confidence bound fell below the "
+            "target at any item (the alarm was raised) or ended below it.",
+        ),
+    ] = False,
     throttle: Annotated[float, typer.Option("--throttle", hidden=True, min=0)] = 0.0,
 ) -> None:
     """Label a stream with the cheapest stage that answers well; resumable after a kill.
@@ -242,6 +251,9 @@ def run_cmd(
 
     Quick mode, an LLM as the expert: tiered run reviews.jsonl -o labels.jsonl
     --expert openai:gpt-4o-mini --labels positive,negative (the key in OPENAI_API_KEY).
+
+    Exit codes: 0 done; 3 with --fail-below-target when the target was missed; 128 + the
+    signal (130, 143) when stopped early.
     """
     from rich.console import Console
 
@@ -292,3 +304,5 @@ def run_cmd(
     if summary.stopped_early:
         console.print("[yellow]stopped early[/]: run the same command again to continue")
         raise typer.Exit(summary.exit_code)
+    if fail_below_target and summary.target_missed:
+        raise typer.Exit(3)

@@ -101,7 +101,13 @@ def _num(x: Any) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class LearnerStats:
-    """The learner's stats as plain numbers (None for NaN: nothing to estimate yet)."""
+    """The learner's stats as plain numbers (None for NaN: nothing to estimate yet).
+
+    ``cs_low``/``cs_high`` bound the overall agreement at every item at once (each end
+    with probability >= ``confidence``); ``below_target``: ``cs_high`` is below the target
+    now; ``alarms``: how often that began, ``first_alarm_at``: after how many items.
+    Defaults: a store written before the bounds were tracked.
+    """
 
     n_items: int
     expert_calls: int
@@ -116,6 +122,12 @@ class LearnerStats:
     window_ci_high: float | None
     window_expert_share: float | None
     threshold: float | None
+    cs_low: float | None = None
+    cs_high: float | None = None
+    below_target: bool = False
+    alarms: int = 0
+    first_alarm_at: int | None = None
+    confidence: float | None = None
 
     @classmethod
     def read(cls, stats: OnlineStats) -> LearnerStats:
@@ -133,6 +145,12 @@ class LearnerStats:
             window_ci_high=_num(stats.window_ci_high),
             window_expert_share=_num(stats.window_expert_share),
             threshold=_num(min(stats.thresholds.values(), default=None)),
+            cs_low=_num(stats.cs_low),
+            cs_high=_num(stats.cs_high),
+            below_target=bool(stats.below_target),
+            alarms=int(stats.alarms),
+            first_alarm_at=stats.first_alarm_at,
+            confidence=_num(stats.confidence),
         )
 
 

@@ -113,6 +113,9 @@ def print_summary(console: Console, s: RunSummary) -> None:
     )
     tgt = f", target {s.target:.3f}" if s.target is not None else ""
     t.add_row("agreement (audited)", s.agreement_text() + tgt)
+    bound = s.bound_text()
+    if bound is not None:
+        t.add_row("agreement (anytime)", bound)
     if s.true_agreement is not None:
         t.add_row("agreement (true)", f"{s.true_agreement:.3f} vs the expert's label on every item")
     if s.accuracy is not None:
@@ -130,6 +133,9 @@ def print_summary(console: Console, s: RunSummary) -> None:
             f"in {s.session_s:,.1f} s",
         )
     console.print(t)
+    alarm = s.alarm_text()
+    if alarm is not None:
+        console.print(alarm, style="bold red", markup=False, highlight=False)
 
 
 __all__ = ["RichProgress", "RunView", "print_summary"]

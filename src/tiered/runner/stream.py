@@ -184,6 +184,7 @@ class StreamRun:
             LearnerStats.read(rc.cascade.stats()),
             rc.stage_names,
             target=rc.target,
+            escalate=rc.cascade.config.escalate,
             resumed_at=records_before if resumed.checkpoint is not None else None,
             session_items=session_items,
             session_s=time.perf_counter() - t0,

@@ -20,6 +20,11 @@ class RunSummary:
     ``stop_signal`` is the signal that stopped the run early (after a clean checkpoint);
     ``exit_code`` is what a command should exit with: 0 when the run went to its end (or
     its ``--limit``), else 128 + the signal (130 for Ctrl-C, 143 for SIGTERM).
+
+    ``cs_low``/``cs_high`` bound the agreement at every item at once (with probability
+    ``confidence`` each); ``alarms`` counts how often ``cs_high`` fell below the target
+    (``first_alarm_at``: after how many items; ``below_target``: still below at the end;
+    ``escalate``: every item then went to the expert).
     """
 
     records: int
@@ -48,6 +53,13 @@ class RunSummary:
     rejects_path: str = ""
     store: str = ""
     replay_records: int = 0
+    cs_low: float | None = None
+    cs_high: float | None = None
+    confidence: float | None = None
+    below_target: bool = False
+    alarms: int = 0
+    first_alarm_at: int | None = None
+    escalate: bool = True
 
     @property
     def saving(self) -> float | None:
@@ -79,6 +91,36 @@ class RunSummary:
         if self.ci_low is not None and self.ci_high is not None:
             ci = f" [{self.ci_low:.3f}, {self.ci_high:.3f}] (95% CI)"
         return f"{self.agreement:.3f}{ci}"
+
+    @property
+    def target_missed(self) -> bool:
+        """The alarm was raised, or the run ended with its upper bound below the target."""
+        if self.alarms > 0:
+            return True
+        return self.target is not None and self.cs_high is not None and self.cs_high < self.target
+
+    def bound_text(self) -> str | None:
+        """The anytime-valid lower bound for people (None before any item)."""
+        if self.cs_low is None or self.items == 0:
+            return None
+        conf = f" with {100 * self.confidence:.0f}% confidence" if self.confidence else ""
+        return f"agreement >= {self.cs_low:.3f}{conf} at every item"
+
+    def alarm_text(self) -> str | None:
+        """What the alarm did, when it was raised (None when it never was)."""
+        if self.alarms == 0:
+            return None
+        at = f" at item {self.first_alarm_at:,}" if self.first_alarm_at is not None else ""
+        times = f" ({self.alarms} times)" if self.alarms > 1 else ""
+        text = f"ALARM: the upper bound fell below the target{at}{times}"
+        if self.escalate:
+            text += "; every item went to the expert until it recovered"
+        if self.below_target:
+            end = (
+                f" ({self.cs_high:.3f} < {self.target:.3f})" if self.cs_high and self.target else ""
+            )
+            text += f"; it was still below at the end{end}"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -119,6 +161,12 @@ def summarise(
         expert_accuracy=c.ratio(c.expert_gold_correct, c.expert_gold_n),
         true_agreement=c.ratio(c.truth_agree, c.truth_n),
         replay_records=c.replay_records,
+        cs_low=stats.cs_low,
+        cs_high=stats.cs_high,
+        confidence=stats.confidence,
+        below_target=stats.below_target,
+        alarms=stats.alarms,
+        first_alarm_at=stats.first_alarm_at,
         **session,
     )
 
@@ -151,6 +199,7 @@ def stored_run(path: str | Path) -> StoredRun:
     last = history[-1] if history else {}
     # the last history row holds the learner's stats as of the checkpoint
     zero = {"n_items": 0, "expert_calls": 0, "audits": 0, "usd_spent": 0.0, "usd_expert_only": 0.0}
+    zero |= {"below_target": False, "alarms": 0}
     saved: dict[str, Any] = {
         f.name: last.get(f.name, zero.get(f.name)) for f in fields(LearnerStats)
     }
@@ -161,6 +210,7 @@ def stored_run(path: str | Path) -> StoredRun:
         stats,
         [s.stage_name for s in run.cheap] + [EXPERT_STAGE],
         target=run.online.target_agreement,
+        escalate=run.online.escalate,
         output=identity.output,
         store=str(path),
     )

@@ -544,7 +544,7 @@ class QualityEstimator:
         (loading never runs code from the file)."""
         from tiered.calibrate.learned.saved import load_estimator_file
 
-        return load_estimator_file(path)
+        return load_estimator_file(path, cls)
 
 
 __all__ = ["QualityEstimator", "item_key", "normalise"]

@@ -12,15 +12,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tiered.calibrate.learned.estimator import QualityEstimator
 from tiered.calibrate.learned.features import FeatureSpec
 from tiered.calibrate.learned.heads import head_from_state, head_state
 from tiered.errors import ConfigError, StoreError
 from tiered.store.state import load_state_files, save_state_files
+
+if TYPE_CHECKING:  # the estimator imports this module to save itself; it passes its class in
+    from tiered.calibrate.learned.estimator import QualityEstimator
 
 FORMAT = "tiered.calibrate.learned.QualityEstimator"
 # 1: a joblib pickle (no longer read); 2: JSON + .npz
@@ -59,11 +61,11 @@ def estimator_state(est: QualityEstimator) -> dict[str, Any]:
     }
 
 
-def estimator_from_state(state: dict[str, Any]) -> QualityEstimator:
+def estimator_from_state(state: dict[str, Any], cls: type[QualityEstimator]) -> QualityEstimator:
     """The estimator :func:`estimator_state` saved."""
     spec = state["features"]
     spec["answer_ngrams"] = tuple(spec["answer_ngrams"])
-    est = QualityEstimator(
+    est = cls(
         list(state["models"]),
         features=FeatureSpec(**spec),
         head=state["head"],
@@ -105,7 +107,7 @@ def save_estimator(est: QualityEstimator, path: str | Path) -> Path:
     return save_state_files(estimator_state(est), p, kind=_KIND)
 
 
-def load_estimator_file(path: str | Path) -> QualityEstimator:
+def load_estimator_file(path: str | Path, cls: type[QualityEstimator]) -> QualityEstimator:
     """Read an estimator :func:`save_estimator` wrote; anything else is a ConfigError."""
     p = Path(path)
     if not p.exists():
@@ -123,7 +125,7 @@ def load_estimator_file(path: str | Path) -> QualityEstimator:
             path=p,
         )
     try:
-        return estimator_from_state(state)
+        return estimator_from_state(state, cls)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError(
             f"quality estimator file holds malformed state ({type(exc).__name__}: {exc}); refit it",
