@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ from tiered.calibrate.learned.estimator import QualityEstimator
 from tiered.calibrate.smooth import smoothed_quality
 from tiered.calibrate.verdict import verdict
 from tiered.cli import app
-from tiered.core.spec import CascadeSpec
+from tiered.core.spec import BuildContext, CascadeSpec, load_cascade
 from tiered.errors import ConfigError
 from tiered.replay.log import ReplayLog
+from tiered.replay.model import replay_items
 
 from .test_calibrate import FAST, make_log
 from .test_routing import _write_jsonl, synthetic_log
@@ -75,6 +77,37 @@ def test_weak_signals_train_the_learned_families_and_the_winner_is_said(
     assert "routing won" in rec.why
     assert rec.spec.metadata["rule_family_chosen"] == "routing"
     assert rec.verdict.kind == "cascade" and "cross-validation" in rec.verdict.line
+
+
+def with_a_dominated_model(log: ReplayLog) -> ReplayLog:
+    """``log`` plus a model dearer and worse than its best one."""
+    n = len(log)
+    wasted = np.zeros((n, 1))
+    answers = np.column_stack([log.answers, np.full(n, "Z", dtype=object)])
+    return dataclasses.replace(
+        log,
+        models=[*log.models, "waste"],
+        present=np.ones((n, log.n_models + 1), dtype=bool),
+        quality=np.column_stack([log.quality, wasted]),
+        cost=np.column_stack([log.cost, np.full(n, 5e-3)]),
+        latency_ms=np.full((n, log.n_models + 1), 10.0),
+        answers=answers,
+    )
+
+
+def test_routing_over_the_frontier_models_serves_every_objective(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(auto_mod, "MIN_ROWS", 100)
+    log = with_a_dominated_model(synthetic_log(400))
+    rec = calibrate_log(log, min_quality="top*0.95", folds=3)
+    assert rec.family == "routing"
+    for other in (rec, rec.with_objective(min_quality="top*0.9"), rec.with_objective(budget=6e-4)):
+        path = other.save(tmp_path / "c.yaml")
+        ctx = BuildContext(base_dir=tmp_path, resources={"replay_log": log})
+        cascade = load_cascade(path, ctx)
+        assert [s.name for s in cascade.stages] == ["small", "big"]  # "waste" left out
+        assert len(cascade.run(replay_items(log))) == len(log)
 
 
 def test_too_few_rows_for_learned_families_is_said(monkeypatch: pytest.MonkeyPatch) -> None:

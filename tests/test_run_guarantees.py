@@ -165,3 +165,60 @@ def test_a_summary_before_any_item_has_no_bound() -> None:
     )  # fmt: skip
     assert s.bound_text() is None
     assert not s.target_missed
+
+
+# --------------------------------------------------------------------------- /metrics
+
+
+def _sample(text: str, name: str, cascade: str) -> float:
+    """The value of metric ``name`` for ``cascade`` in a Prometheus text exposition."""
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{cascade="{cascade}"}} '):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} for {cascade} not exposed")
+
+
+def test_metrics_expose_the_bounds_and_count_each_alarm_once() -> None:
+    from tiered.serve.metrics import GatewayMetrics
+
+    m = GatewayMetrics()
+    m.observe_bounds("c", 0.91, 0.99, False, 0)
+    text = m.render().decode()
+    assert _sample(text, "tiered_agreement_cs_low", "c") == 0.91
+    assert _sample(text, "tiered_agreement_cs_high", "c") == 0.99
+    assert _sample(text, "tiered_agreement_below_target", "c") == 0.0
+    assert _sample(text, "tiered_agreement_alarms_total", "c") == 0.0
+    # the learner reports its running total: an alarm seen on many requests counts once
+    m.observe_bounds("c", 0.7, 0.85, True, 1)
+    m.observe_bounds("c", 0.7, 0.84, True, 1)
+    m.observe_bounds("c", 0.8, 0.95, False, 1)
+    m.observe_bounds("c", 0.7, 0.85, True, 2)
+    text = m.render().decode()
+    assert _sample(text, "tiered_agreement_alarms_total", "c") == 2.0
+    assert _sample(text, "tiered_agreement_below_target", "c") == 1.0
+    assert _sample(text, "tiered_agreement_cs_high", "c") == 0.85
+
+
+def test_an_online_classify_cascade_reports_its_bounds_on_metrics(tmp_path: Path) -> None:
+    from .test_serve_unit import CountingExpert, Memorizer, classify_concurrently, online_gateway
+
+    gw = online_gateway(
+        tmp_path / "gw.sqlite",
+        CountingExpert(),
+        Memorizer(),
+        audit_rate=0.5,
+        target_agreement=0.9,
+        mu=None,
+    )
+    classify_concurrently(gw, per_request=6)
+    learner = gw.cascades["sent"].learner
+    cs = learner.confidence_sequence()
+    text = gw.metrics.render().decode()
+    assert _sample(text, "tiered_agreement_cs_low", "sent") == pytest.approx(cs.low)
+    assert _sample(text, "tiered_agreement_cs_high", "sent") == pytest.approx(cs.high)
+    assert 0.0 < cs.low <= cs.high <= 1.0  # the bound was computed, not the 0..1 default
+    assert _sample(text, "tiered_agreement_below_target", "sent") == float(
+        learner.controller.escalated
+    )
+    assert _sample(text, "tiered_agreement_alarms_total", "sent") == learner.controller.alarms
+    gw.close()

@@ -157,6 +157,22 @@ class LocalServerSettings(BaseModel):
     extra_args: list[str] = Field(default_factory=list)  # more llama_cpp.server arguments
     startup_timeout_s: float = Field(default=180.0, gt=0)  # wait this long for it to answer
 
+    @field_validator("extra_args")
+    @classmethod
+    def _stays_on_loopback(cls, args: list[str]) -> list[str]:
+        # the gateway binds its servers to 127.0.0.1 at a port it picks: an argument that moves
+        # them would expose an unauthenticated model server, or point stages at another one
+        owned = [a for a in args if a.split("=", 1)[0] in _OWNED_SERVER_ARGS]
+        if owned:
+            raise ValueError(
+                f"must not set {', '.join(owned)}: the gateway binds its local servers to "
+                "127.0.0.1 at a free port itself"
+            )
+        return args
+
+
+_OWNED_SERVER_ARGS = frozenset({"--host", "--port", "--model", "--model_alias", "--model-alias"})
+
 
 SERVER_REF = "server:"
 

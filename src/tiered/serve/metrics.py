@@ -11,6 +11,12 @@
 | ``tiered_upstream_duration_seconds`` | cascade, stage | one stage call (histogram) |
 | ``tiered_upstream_errors_total`` | cascade, stage, error | failed stage calls |
 | ``tiered_budget_spent_usd_total`` | key | USD settled against each key |
+| ``tiered_agreement_cs_low`` | cascade | online: agreement's lower bound (anytime-valid) |
+| ``tiered_agreement_cs_high`` | cascade | online: agreement's upper bound (anytime-valid) |
+| ``tiered_agreement_below_target`` | cascade | online: 1 while the upper bound < target |
+| ``tiered_agreement_alarms_total`` | cascade | online: times the upper bound fell below |
+
+The online cascades' alarm count includes the alarms of a restored learner's past.
 """
 
 from __future__ import annotations
@@ -95,6 +101,31 @@ class GatewayMetrics:
         self.budget_spent = Counter(
             "tiered_budget_spent_usd", "USD settled against a key", ["key"], registry=r
         )
+        self.cs_low = Gauge(
+            "tiered_agreement_cs_low",
+            "Lower end of the agreement's confidence sequence (valid at every item)",
+            ["cascade"],
+            registry=r,
+        )
+        self.cs_high = Gauge(
+            "tiered_agreement_cs_high",
+            "Upper end of the agreement's confidence sequence (valid at every item)",
+            ["cascade"],
+            registry=r,
+        )
+        self.below_target = Gauge(
+            "tiered_agreement_below_target",
+            "1 while the agreement's upper bound is below the target (alarm raised)",
+            ["cascade"],
+            registry=r,
+        )
+        self.alarms = Counter(
+            "tiered_agreement_alarms",
+            "Times the agreement's upper bound fell below the target",
+            ["cascade"],
+            registry=r,
+        )
+        self._alarms_seen: dict[str, int] = {}
         # label lookups cost microseconds each; hot paths reuse the children
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
@@ -138,6 +169,19 @@ class GatewayMetrics:
             reached -= c
             if reached > 0 and name != stages[-1]:
                 self.stage_deferrals.labels(cascade, name).inc(reached)
+
+    def observe_bounds(
+        self, cascade: str, cs_low: float, cs_high: float, below_target: bool, alarms: int
+    ) -> None:
+        """An online cascade's agreement bounds now; ``alarms``: its learner's total so far."""
+        self.cs_low.labels(cascade).set(cs_low)
+        self.cs_high.labels(cascade).set(cs_high)
+        self.below_target.labels(cascade).set(1.0 if below_target else 0.0)
+        counter = self.alarms.labels(cascade)  # exposed at 0 before the first alarm
+        new = alarms - self._alarms_seen.get(cascade, 0)
+        if new > 0:
+            counter.inc(new)
+            self._alarms_seen[cascade] = alarms
 
     def observe_cost(self, cascade: str, stage: str, usd: float) -> None:
         self.stage_cost.labels(cascade, stage).inc(usd)

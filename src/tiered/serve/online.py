@@ -178,6 +178,7 @@ class OnlineServedCascade(ServedCascade):
     async def _step(self, items: Sequence[Item]) -> list[Any]:
         async with self._lock:
             decisions = await self.learner.aprocess(items)
+            self._observe_bounds()
             self._unsaved += len(items)
             if self.fleet is not None:
                 # network and learning from other replicas' labels: off the event loop
@@ -189,6 +190,12 @@ class OnlineServedCascade(ServedCascade):
                 self._write(blob)
                 self._unsaved = 0
             return decisions
+
+    def _observe_bounds(self) -> None:
+        """The agreement's confidence sequence and alarm, for /metrics."""
+        cs = self.learner.confidence_sequence()
+        ctl = self.learner.controller
+        self.metrics.observe_bounds(self.name, cs.low, cs.high, ctl.escalated, ctl.alarms)
 
     def _share(self, items: Sequence[Item], decisions: list[Any]) -> None:
         assert self.fleet is not None

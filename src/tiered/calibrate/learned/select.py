@@ -199,15 +199,18 @@ class RoutingSession:
         """Cascade routing refit on every row with the margin cross-validation chose."""
         if self._estimator is None:
             self._estimator = self.make().fit(self.log)
-        log, est = self.log, self._estimator
+        log, est, heads = self.log, self._estimator, self.heads
         if objective.budget is not None:
             q = objective.min_quality
             return fit_cascade_routing(
-                log, min_quality=q, budget=objective.budget * margin, estimator=est
+                log, min_quality=q, budget=objective.budget * margin, estimator=est, models=heads
             )
         target = _resolve(objective.min_quality, float(log.mean_quality()[_top(log)]))
         return fit_cascade_routing(
-            log, min_quality=None if target is None else min(target + margin, 1.0), estimator=est
+            log,
+            min_quality=None if target is None else min(target + margin, 1.0),
+            estimator=est,
+            models=heads,
         )
 
 
