@@ -207,6 +207,9 @@ def test_a_cascade_saving_too_little_is_not_worth_it() -> None:
     # the calibrator itself keeps the best model when no cascade saves enough held out
     strict = calibrate(log, min_quality="top", settings=FAST, min_saving=0.9)
     assert strict.chosen.stages == ["m3"]
+    line = verdict(strict, min_saving=0.9).line
+    assert line.startswith("the cheapest cascade meeting top on the fitted log saves only ")
+    assert "(less than 90%): use m3 alone" in line
     with pytest.raises(ConfigError, match="min_saving"):
         calibrate(log, min_quality="top", settings=FAST, min_saving=1.0)
 

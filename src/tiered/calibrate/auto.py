@@ -129,9 +129,8 @@ class Recommendation:
         """The same fits, another objective (no search or estimator is redone)."""
         started = time.perf_counter()
         objective = Objective.make(min_quality, budget)
-        cal = self.calibration.with_objective(objective.min_quality, objective.budget)
-        if self.views is not None:
-            cal = _recorded(cal, *self.views)
+        judged = self.calibration.with_objective(objective.min_quality, objective.budget)
+        cal = judged if self.views is None else _recorded(judged, *self.views)
         sel = None if self.selection is None else self.selection.with_objective(
             objective.min_quality, objective.budget
         )  # fmt: skip
@@ -139,7 +138,7 @@ class Recommendation:
         why = self.why.split("; ", 1)[0] if self.selection is not None else self.why
         took = time.perf_counter() - started
         rec = _recommend(objective, cal, sel, self.signals, why, min_saving, took,
-                         list(self.notes), self.min_gain)  # fmt: skip
+                         list(self.notes), self.min_gain, judged)  # fmt: skip
         rec.views = self.views
         return rec
 
@@ -200,20 +199,27 @@ def _recommend(
     seconds: float,
     notes: list[str],
     min_gain: float = 0.05,
+    judged: Calibration | None = None,
 ) -> Recommendation:
+    """The recommendation; ``judged`` is the calibration as fitted (on smoothed quality),
+    which the verdict speaks of, ``cal`` the same with the recorded numbers."""
+    judged = judged or cal
+    extra: dict[str, Any] = {}
+    if sel is not None:
+        extra = {k: sel.spec.metadata[k] for k in ("rule_family_chosen", "families_cv")}
     if sel is not None and sel.winner.family != "confidence":
         v = _learned_verdict(sel, cal.top_model, min_saving)
         spec, family = sel.spec, sel.winner.family
         if v.kind == "not_worth":
             # keep the confidence-rules file: it is the best model alone or a real saving
-            spec, family, v = cal.spec, "confidence", verdict(cal, min_saving=min_saving)
+            spec, family, v = cal.spec, "confidence", verdict(judged, min_saving=min_saving)
     else:
-        v = verdict(cal, min_saving=min_saving)
-        spec, family = (cal.spec if sel is None else sel.spec), "confidence"
+        v = verdict(judged, min_saving=min_saving)
+        spec, family = cal.spec, "confidence"
     if sel is not None:
         why = f"{why}; {_why(sel, min_gain)}"
         notes = notes + [n for n in sel.notes if n not in notes]
-    md = {**spec.metadata, "verdict": v.line, "rule_family": family}
+    md = {**spec.metadata, **extra, "verdict": v.line, "rule_family": family}
     spec = spec.model_copy(update={"metadata": md})
     return Recommendation(
         objective, cal, sel, family, spec, v, signals, why, seconds, notes, min_gain
@@ -254,9 +260,11 @@ def calibrate_log(
         from tiered.calibrate.smooth import smoothed
 
         fit_view = smoothed(view)
-    cal = calibrate(fit_view, min_quality=objective.min_quality, budget=objective.budget,
-                    folds=folds, seed=seed, settings=settings, min_saving=min_saving)  # fmt: skip
-    cal = _recorded(cal, view, fit_view)
+    judged = calibrate(
+        fit_view, min_quality=objective.min_quality, budget=objective.budget, folds=folds,
+        seed=seed, settings=settings, min_saving=min_saving,
+    )  # fmt: skip
+    cal = _recorded(judged, view, fit_view)
     signals = signal_report(view, min_auc)
     sel = None
     if learned == "never" or (learned == "auto" and signals.strong):
@@ -278,7 +286,7 @@ def calibrate_log(
             time_budget=time_budget, min_gain=min_gain,
         )  # fmt: skip
     rec = _recommend(objective, cal, sel, signals, why, min_saving,
-                     time.perf_counter() - started, notes, min_gain)  # fmt: skip
+                     time.perf_counter() - started, notes, min_gain, judged)  # fmt: skip
     rec.views = (view, fit_view)
     return rec
 

@@ -144,18 +144,23 @@ def verdict(
             f"{cal.relative_cost:.2f}× the cost of {top}{extra}",
         )
     best = fitted_best(cal)
-    if best is not None and best[0] <= 1.0 - min_saving and best[1] is not None:
+    if best is None:
+        why = f"no cascade meets {target} for less than {top} on this log"
+    elif best[0] > 1.0 - min_saving:
+        why = (
+            f"the cheapest cascade meeting {target} on the fitted log saves only "
+            f"{100 * (1 - best[0]):.1f}% (less than {100 * min_saving:.0f}%)"
+        )
+    else:
         met = f"cheaper cascades met {target} on the fitted log ({best[0]:.2f}× the cost)"
-        if best[1] <= 0:
+        if best[1] is None:
+            why = f"{met} but were not cross-validated"
+        elif best[1] <= 0:
             why = f"{met} but did not hold up in cross-validation"
         elif target == "top":
             why = f"{met} but lost {best[1]:.1f} points in cross-validation"
         else:
             why = f"{met} but fell {best[1]:.1f} points short of it in cross-validation"
-    elif best is not None and best[0] <= 1.0 - min_saving:
-        why = f"the cheapest cascade meeting {target} ({best[0]:.2f}× the cost) was not validated"
-    else:
-        why = f"no cascade meets {target} for less than {top} on this log"
     line = f"{why}: use {top} alone"
     alt = next((a for a in alternatives(cal, relaxed) if a.relative_cost <= 1.0 - min_saving), None)
     if alt is not None and math.isfinite(alt.relative_cost):

@@ -21,7 +21,7 @@ import numpy as np
 from tiered.core.answers import AnswerBatch
 from tiered.core.costs import CostModel, RecordedCost
 from tiered.core.items import Item, as_items
-from tiered.core.model import Model
+from tiered.core.model import AsyncModel, Model
 from tiered.core.rules import Always, DeferralRule, RuleContext
 from tiered.core.signals import available_signals, read_signal
 from tiered.errors import ConfigError, ModelError
@@ -221,9 +221,12 @@ class Cascade:
         try:
             stage, batch = next(driver)
             while True:
-                apredict = getattr(stage.model, "apredict", None)
+                model = stage.model
                 try:
-                    answers = await apredict(batch) if apredict else stage.model.predict(batch)
+                    if isinstance(model, AsyncModel):
+                        answers = await model.apredict(batch)
+                    else:
+                        answers = model.predict(batch)
                 except ModelError as exc:
                     answers = self._failed(stage, batch, exc)
                 stage, batch = driver.send(answers)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from tiered.core.answers import AnswerBatch
 from tiered.core.items import Item
@@ -48,4 +48,13 @@ class LearnableModel(Model, Protocol):
     def learn(self, items: Sequence[Item], labels: Sequence[str]) -> None: ...
 
 
-__all__ = ["AsyncModel", "LearnableModel", "Model", "ModelTags"]
+@runtime_checkable
+class StatefulModel(Model, Protocol):
+    """A model whose learned state can be saved and restored (plain data, no pickle)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+__all__ = ["AsyncModel", "LearnableModel", "Model", "ModelTags", "StatefulModel"]

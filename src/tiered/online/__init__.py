@@ -15,9 +15,10 @@ print(oc.stats())                        # expert share, audited agreement ± CI
 """
 
 from tiered.online.audit import AgreementEstimate, AgreementMeter, estimate_agreement
-from tiered.online.cascade import OnlineCascade, OnlineDecision, OnlineStats
+from tiered.online.cascade import OnlineCascade
 from tiered.online.config import OnlineConfig
 from tiered.online.controller import ThresholdController
+from tiered.online.decisions import OnlineDecision, OnlineStats
 from tiered.online.head import AccuracyTracker, DeferralHead, head_features
 from tiered.online.intervals import binomial_interval, clopper_pearson_interval, wilson_interval
 from tiered.online.label_buffer import LabelBuffer

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,11 +36,14 @@ import numpy as np
 from tiered.core.answers import AnswerBatch
 from tiered.core.cascade import Stage
 from tiered.core.items import Item, as_items
-from tiered.errors import ConfigError, ModelError, StoreError
+from tiered.core.model import AsyncModel, LearnableModel
+from tiered.errors import ConfigError, ModelError
 from tiered.online.audit import AgreementMeter
+from tiered.online.cascade_state import cascade_state, load_cascade_state
 from tiered.online.config import OnlineConfig
 from tiered.online.confseq import AgreementBounds, agreement_bounds
 from tiered.online.controller import ThresholdController
+from tiered.online.decisions import OnlineDecision, OnlineStats
 from tiered.online.head import (
     N_FEATURES,
     AccuracyTracker,
@@ -48,109 +51,7 @@ from tiered.online.head import (
     head_features,
     max_prob_from_features,
 )
-from tiered.online.label_buffer import LabelBuffer, items_from_state, items_state
-
-STATE_VERSION = 1
-
-
-@dataclass(slots=True)
-class OnlineDecision:
-    """The cascade's output for one item.
-
-    - ``label``: the output. ``stage``/``stage_index``: whose label it is; the expert's
-      stage name (index = number of cheap stages) when the expert's label is the output:
-      deferred, warm-up, exploration and audited items.
-    - ``confidence``: the answering cheap stage's P(agrees with the expert) from its
-      deferral head; 1.0 when the expert's label is the output (it agrees with itself).
-    - ``cost``: USD this item cost: every stage that ran on it, the expert included if it
-      was called.
-    - ``audited``: a cheap stage answered and the expert was asked too, at random. The
-      output is then the expert's label (stage = the expert); ``audited_stage`` and
-      ``cheap_label`` hold the cheap stage and the label it gave, which the audit compared
-      with the expert's. When the expert returned no label, the cheap label stays the
-      output (stage = ``audited_stage``) and the audit does not count.
-    - ``expert_label``: the expert's label whenever it was called (None otherwise, or
-      when it gave none).
-    - ``explored``: sent to the expert by warm-up or exploration.
-    - ``audited_stage``/``cheap_label``: set for audited items only (None otherwise).
-    """
-
-    id: str
-    label: str | None
-    stage: str
-    stage_index: int
-    confidence: float
-    cost: float
-    audited: bool
-    expert_label: str | None
-    explored: bool = False
-    audited_stage: str | None = None
-    cheap_label: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(slots=True)
-class OnlineStats:
-    """Where the stream stands. Agreement is defined in :mod:`tiered.online.audit`.
-
-    - ``audited_agreement`` with ``ci_low``/``ci_high``: the estimate of the *overall*
-      agreement with the expert (items whose output is the expert's label, audited ones
-      included, agree; the unaudited cheap answers are estimated from the audits),
-      comparable with the target. NaN while cheap stages answered but nothing was
-      audited yet.
-    - ``cheap_agreement`` with ``cheap_ci_low``/``cheap_ci_high``: the audited agreement
-      rate of the cheap stages' answers (cheap label == expert label over the audits).
-    - ``window_*``: the same over the last ``config.window`` items.
-    - ``expert_calls``/``expert_share``: calls of the expert (answers, warm-up,
-      exploration and audits) over items; ``stage_answers``/``stage_share``: whose label
-      was output (audited items count under the expert).
-    - ``usd_spent``: what every stage cost so far; ``usd_expert_only``: what the expert
-      alone would have cost (its mean price per call times the items).
-    - ``cs_low``/``cs_high``: the overall agreement's confidence sequence, valid at every
-      item at once (each end with probability >= ``confidence``; see
-      :mod:`tiered.online.confseq`). ``below_target``: ``cs_high`` is below the target
-      now (the alarm is raised; with ``escalate`` every item goes to the expert);
-      ``alarms``: how often it was raised, ``first_alarm_at``: after how many items.
-    """
-
-    n_items: int
-    expert_calls: int
-    expert_share: float
-    audits: int
-    audited_agreement: float
-    ci_low: float
-    ci_high: float
-    cheap_agreement: float
-    cheap_ci_low: float
-    cheap_ci_high: float
-    window_agreement: float
-    window_ci_low: float
-    window_ci_high: float
-    window_expert_share: float
-    usd_spent: float
-    usd_expert_only: float
-    stage_answers: dict[str, int]
-    stage_share: dict[str, float]
-    thresholds: dict[str, float]
-    target_agreement: float | None
-    required_agreement: float
-    exploration_rate: float
-    explored: int
-    labels_learned: int
-    refits: int
-    confidence: float
-    ci_method: str
-    # the confidence sequence (valid at every item, see tiered.online.confseq) and alarm
-    cs_low: float = 0.0
-    cs_high: float = 1.0
-    below_target: bool = False
-    alarms: int = 0
-    first_alarm_at: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from tiered.online.label_buffer import LabelBuffer
 
 
 @dataclass
@@ -244,11 +145,11 @@ class OnlineCascade:
         for chunk in self._chunks(as_items(items)):
             plan = self._plan(chunk)
             batch = [plan.items[i] for i in plan.expert_idx.tolist()]
-            apredict = getattr(self.expert.model, "apredict", None)
+            expert = self.expert.model
             if not batch:
                 answers = AnswerBatch.empty()
-            elif apredict is not None:
-                answers = await apredict(batch)
+            elif isinstance(expert, AsyncModel):
+                answers = await expert.apredict(batch)
             else:
                 answers = self.expert.model.predict(batch)
             out.extend(self._finish(plan, answers))
@@ -537,9 +438,8 @@ class OnlineCascade:
         batch_items = self.pending_items + old_items
         batch_labels = self.pending_labels + old_labels
         for stage in self.cheap:
-            learn = getattr(stage.model, "learn", None)
-            if learn is not None:
-                learn(batch_items, batch_labels)
+            if isinstance(stage.model, LearnableModel):
+                stage.model.learn(batch_items, batch_labels)
         self.replay.add(self.pending_items, self.pending_labels)
         self.pending_items, self.pending_labels = [], []
         self.refits += 1
@@ -650,82 +550,14 @@ class OnlineCascade:
         """Everything needed to continue the stream exactly, as plain data (a tree of
         JSON values and numpy arrays, see :mod:`tiered.store.state`).
 
-        Cheap models must offer ``state_dict()``/``load_state_dict()``; the expert's
-        state (a response cache, say) is its own business.
+        Cheap models that learn must offer ``state_dict()``/``load_state_dict()``; the
+        expert's state (a response cache, say) is its own business.
         """
-        models: list[dict[str, Any] | None] = []
-        for stage in self.cheap:
-            get = getattr(stage.model, "state_dict", None)
-            if get is None:
-                if hasattr(stage.model, "learn"):
-                    raise StoreError(
-                        f"model of stage '{stage.name}' learns but has no state_dict(); "
-                        "its learned state cannot be saved"
-                    )
-                models.append(None)
-            else:
-                models.append(get())
-        return {
-            "version": STATE_VERSION,
-            "stage_names": self.stage_names,
-            "config": self.config.model_dump(mode="json"),
-            "seed": self.seed,
-            "models": models,
-            "trackers": [t.state_dict() for t in self.trackers],
-            "heads": [h.state_dict() for h in self.heads],
-            "replay": self.replay.state_dict(),
-            "pending": (items_state(self.pending_items), list(self.pending_labels)),
-            "controller": self.controller.state_dict(),
-            "meter": self.meter.state_dict(),
-            "rng": self.rng.bit_generator.state,
-            "counters": {
-                "n_items": self.n_items,
-                "usd_spent": self.usd_spent,
-                "expert_usd": self.expert_usd,
-                "expert_calls": self.expert_calls,
-                "explored": self.explored,
-                "labels_learned": self.labels_learned,
-                "refits": self.refits,
-                "since_history": self._since_history,
-            },
-            "history": [dict(row) for row in self.history],
-        }
+        return cascade_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` taken from a cascade built with the same stages."""
-        if state.get("version") != STATE_VERSION:
-            raise StoreError(
-                f"online state has version {state.get('version')!r}; expected {STATE_VERSION}"
-            )
-        if state["stage_names"] != self.stage_names:
-            raise StoreError(
-                f"online state is for stages {state['stage_names']}; "
-                f"this cascade has {self.stage_names}"
-            )
-        for stage, ms in zip(self.cheap, state["models"], strict=True):
-            if ms is not None:
-                stage.model.load_state_dict(ms)  # type: ignore[attr-defined]
-        for t, ts in zip(self.trackers, state["trackers"], strict=True):
-            t.load_state_dict(ts)
-        for h, hs in zip(self.heads, state["heads"], strict=True):
-            h.load_state_dict(hs)
-        self.replay.load_state_dict(state["replay"])
-        items, labels = state["pending"]
-        self.pending_items = items_from_state(items)
-        self.pending_labels = list(labels)
-        self.controller.load_state_dict(state["controller"])
-        self.meter.load_state_dict(state["meter"])
-        self.rng.bit_generator.state = state["rng"]
-        c = state["counters"]
-        self.n_items = int(c["n_items"])
-        self.usd_spent = float(c["usd_spent"])
-        self.expert_usd = float(c["expert_usd"])
-        self.expert_calls = int(c["expert_calls"])
-        self.explored = int(c["explored"])
-        self.labels_learned = int(c["labels_learned"])
-        self.refits = int(c["refits"])
-        self._since_history = int(c["since_history"])
-        self.history = [dict(row) for row in state["history"]]
+        load_cascade_state(self, state)
 
 
-__all__ = ["OnlineCascade", "OnlineDecision", "OnlineStats"]
+__all__ = ["OnlineCascade"]

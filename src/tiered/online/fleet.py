@@ -42,7 +42,8 @@ from tiered.store.state import decode_state, encode_state
 if TYPE_CHECKING:
     import redis
 
-    from tiered.online.cascade import OnlineCascade, OnlineDecision
+    from tiered.online.cascade import OnlineCascade
+    from tiered.online.decisions import OnlineDecision
 
 _LABEL_POLL = 50  # label entries (batches) learned per batch answered: catch up gradually
 

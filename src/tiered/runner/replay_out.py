@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from tiered.core.answers import AnswerBatch
     from tiered.core.cascade import Stage
     from tiered.core.items import Item
-    from tiered.online.cascade import OnlineDecision
+    from tiered.online.decisions import OnlineDecision
 
 CheapAnswers = list[tuple[str, "AnswerBatch", np.ndarray]]
 
