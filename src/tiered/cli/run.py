@@ -24,9 +24,21 @@ from typing import Annotated
 import typer
 
 from tiered.cli.app import app
-
-_QUICK = "Quick mode (no config file)"
-_LLM = "Quick mode: an LLM as the expert"
+from tiered.cli.run_options import (
+    ApiKeyEnv,
+    BaseUrl,
+    Embeddings,
+    Endpoint,
+    Expert,
+    ExpertCost,
+    ExpertField,
+    IdField,
+    LabelField,
+    Labels,
+    Prompt,
+    TargetAgreement,
+    TextField,
+)
 
 
 @app.command("run")
@@ -51,109 +63,19 @@ def run_cmd(
             show_default=False,
         ),
     ] = None,
-    text_field: Annotated[
-        str | None,
-        typer.Option(
-            "--text-field", help="The text field (default: text).", rich_help_panel=_QUICK
-        ),
-    ] = None,
-    id_field: Annotated[
-        str | None,
-        typer.Option(
-            "--id-field",
-            rich_help_panel=_QUICK,
-            help="The id field (default: id when the input file's records have "
-            "one, else the line or row number).",
-        ),
-    ] = None,
-    label_field: Annotated[
-        str | None,
-        typer.Option(
-            "--label-field", help="A gold label, for accuracy only.", rich_help_panel=_QUICK
-        ),
-    ] = None,
-    expert_field: Annotated[
-        str | None,
-        typer.Option(
-            "--expert-field",
-            help="The column with the expert's label (or --expert, below).",
-            rich_help_panel=_QUICK,
-        ),
-    ] = None,
-    expert: Annotated[
-        str | None,
-        typer.Option(
-            "--expert",
-            help="openai:MODEL (any OpenAI-compatible endpoint, e.g. openai:gpt-4o-mini) or "
-            "local (Gemma 3 270M on this machine). Needs --labels.",
-            rich_help_panel=_LLM,
-            show_default=False,
-        ),
-    ] = None,
-    labels: Annotated[
-        str | None,
-        typer.Option("--labels", help="The labels, comma-separated (a,b,c).", rich_help_panel=_LLM),
-    ] = None,
-    base_url: Annotated[
-        str | None,
-        typer.Option(
-            "--base-url",
-            rich_help_panel=_LLM,
-            help="openai:MODEL's endpoint (default: "
-            "https://api.openai.com/v1; vLLM, Ollama, llama.cpp: http://HOST:PORT/v1).",
-        ),
-    ] = None,
-    api_key_env: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key-env",
-            rich_help_panel=_LLM,
-            help="The environment variable holding the API "
-            "key (default: OPENAI_API_KEY for OpenAI; none for another --base-url). The key "
-            "is never logged or stored.",
-        ),
-    ] = None,
-    endpoint: Annotated[
-        str | None,
-        typer.Option(
-            "--endpoint",
-            help="chat (default) or completions (for a base model without a chat template).",
-            rich_help_panel=_LLM,
-            show_default=False,
-        ),
-    ] = None,
-    prompt: Annotated[
-        str | None,
-        typer.Option(
-            "--prompt",
-            help="The prompt template, with {input} (the text) and {labels}.",
-            rich_help_panel=_LLM,
-        ),
-    ] = None,
-    expert_cost: Annotated[
-        float | None,
-        typer.Option(
-            "--expert-cost",
-            min=0,
-            help="USD per expert answer (needed with --expert-field; an LLM expert without "
-            "it counts $0).",
-            rich_help_panel=_QUICK,
-        ),
-    ] = None,
-    target_agreement: Annotated[
-        float | None,
-        typer.Option(
-            "--target-agreement",
-            help="Agreement with the expert to hold.",
-            rich_help_panel=_QUICK,
-        ),
-    ] = None,
-    embeddings: Annotated[
-        bool,
-        typer.Option(
-            "--embeddings", help="Add the sentence-embedding stage.", rich_help_panel=_QUICK
-        ),
-    ] = False,
+    text_field: TextField = None,
+    id_field: IdField = None,
+    label_field: LabelField = None,
+    expert_field: ExpertField = None,
+    expert: Expert = None,
+    labels: Labels = None,
+    base_url: BaseUrl = None,
+    api_key_env: ApiKeyEnv = None,
+    endpoint: Endpoint = None,
+    prompt: Prompt = None,
+    expert_cost: ExpertCost = None,
+    target_agreement: TargetAgreement = None,
+    embeddings: Embeddings = False,
     format: Annotated[
         str | None,
         typer.Option(
