@@ -328,7 +328,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)
 def test_ray_run_killed_mid_way_writes_each_record_once(tmp_path: Path) -> None:
     cfg, inp = setup(tmp_path, n=1500, bad=(10, 1200))
     out = tmp_path / "out"
