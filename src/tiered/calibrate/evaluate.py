@@ -134,7 +134,7 @@ def evaluate_stages(view: LogView, stages: Sequence[StageRef]) -> Outcome:
             run &= ~to_last
             if stage.gate is not None and run.any():
                 admit = np.asarray(stage.gate.admit(_context(view, stage, k, earlier)), bool)
-                if getattr(stage.gate, "on_reject", "next") == "last":
+                if stage.gate.on_reject == "last":
                     to_last |= run & ~admit
                 run &= admit
         skipped = active & ~run

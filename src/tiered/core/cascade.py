@@ -267,7 +267,7 @@ class Cascade:
                 f"gate of stage '{stage.name}' returned a mask of shape {admit.shape} "
                 f"for {run.size} items"
             )
-        if getattr(stage.gate, "on_reject", "next") == "last":
+        if stage.gate.on_reject == "last":
             to_last[run[~admit]] = True
         admitted: np.ndarray = run[admit]
         return admitted

@@ -402,7 +402,7 @@ def ray_session(address: str | None) -> Iterator[float]:
     import ray.data
 
     if ray.is_initialized():  # the caller's own session: use it, leave it running
-        yield float(ray.cluster_resources().get("CPU", 1))
+        yield _cpus(ray)
         return
     quiet: dict[str, Any] = {
         "include_dashboard": False,
@@ -420,9 +420,16 @@ def ray_session(address: str | None) -> Iterator[float]:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        yield float(ray.cluster_resources().get("CPU", 1))
+        yield _cpus(ray)
     finally:
         ray.shutdown()
+
+
+
+def _cpus(ray: Any) -> float:
+    """The CPUs of the Ray session (Ray's own function is untyped)."""
+    resources: dict[str, float] = ray.cluster_resources()
+    return float(resources.get("CPU", 1))
 
 
 __all__ = ["BatchResult", "BatchRun", "PartitionDone", "ray_session", "read_rows"]

@@ -140,7 +140,8 @@ def items_of(table: pa.Table, rows: np.ndarray) -> list[Item]:
 
 def column(table: pa.Table, name: str) -> np.ndarray:
     """A column as numpy (strings as objects, None where null)."""
-    return table.column(name).to_numpy(zero_copy_only=False)
+    values: np.ndarray = table.column(name).to_numpy(zero_copy_only=False)
+    return values
 
 
 def open_rows(table: pa.Table) -> np.ndarray:

@@ -174,7 +174,8 @@ class CheapStep:
             return self.head.predict(x)
         if answers.probs is None or answers.probs.shape[1] == 0:
             return np.zeros(len(answers))
-        return answers.probs.max(axis=1)
+        top: np.ndarray = answers.probs.max(axis=1)
+        return top
 
     def __call__(self, table: pa.Table) -> pa.Table:
         rows = open_rows(table)

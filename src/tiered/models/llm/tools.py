@@ -28,7 +28,7 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 # the request fields a tool-taking stage forwards upstream
 TOOL_PARAMS = ("tools", "tool_choice", "parallel_tool_calls")
@@ -40,9 +40,16 @@ class MalformedToolCallError(ValueError):
     """A ``tool_calls`` entry without the structure OpenAI's API gives it."""
 
 
+@runtime_checkable
+class ToolCallingModel(Protocol):
+    """A model that may forward a request's tools; ``supports_tools`` says whether it does."""
+
+    supports_tools: bool
+
+
 def supports_tools(model: object) -> bool:
     """Whether ``model`` forwards a request's tools and answers with tool calls."""
-    return bool(getattr(model, "supports_tools", False))
+    return isinstance(model, ToolCallingModel) and bool(model.supports_tools)
 
 
 def wants_tools(params: Mapping[str, Any]) -> bool:
