@@ -11,6 +11,7 @@ import pytest
 
 import tiered
 
+
 def _source(name: str) -> str:
     spec = importlib.util.find_spec(name)
     assert spec is not None and spec.origin is not None

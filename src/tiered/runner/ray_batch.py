@@ -425,7 +425,6 @@ def ray_session(address: str | None) -> Iterator[float]:
         ray.shutdown()
 
 
-
 def _cpus(ray: Any) -> float:
     """The CPUs of the Ray session (Ray's own function is untyped)."""
     resources: dict[str, float] = ray.cluster_resources()
