@@ -101,6 +101,8 @@ def test_every_model_kind_is_listed_with_its_parameters() -> None:
     assert set(sections) == set(MODELS.kinds())
     for kind in MODELS.kinds():
         factory = MODELS.get(kind)
+        if getattr(factory, "__module__", "").startswith("tests."):
+            continue  # a stand-in another test module registered; the docs build never sees it
         schema = hook.model_schema(factory)
         if schema is None:
             assert kind == "replay" and "model" in sections[kind], kind  # keys in its docstring
