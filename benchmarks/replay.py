@@ -22,6 +22,8 @@ Reported per log:
 - the grid's held-out cost at tiered's held-out quality (``grid @ q``: the grid's operating
   points over a sweep of targets, pooled, cheapest reaching that quality), so "tiered
   costs more than the grid at equal quality" shows;
+- certified calibration (``certify(confidence=0.95)``, Learn then Test) at ``top-0.01`` and
+  ``top-0.02``, held out the same way (``--no-certified`` leaves it out);
 - the normalised area under the held-out error–cost curve (Zellinger & Thomson: the mean
   error over the cost range all three curves cover; :mod:`tiered.calibrate.curve`).
   Tiered's curve is its frontier fitted on the training folds, the grid's its Pareto
@@ -63,6 +65,7 @@ TARGETS = ("top", "top-0.01", "top*0.95")
 # the grid's operating points for "grid @ q": targets top + 0.02 down to top - 0.10
 SWEEP = tuple(round(x, 4) for x in np.arange(-0.02, 0.1001, 0.005))
 METHODS = ("tiered", "grid", "hindsight")
+CERTIFIED = ("top-0.01", "top-0.02")  # certified calibration (Learn then Test), 95% confidence
 
 
 @dataclass
@@ -158,6 +161,8 @@ def run_log(path: Path, args: argparse.Namespace, rejects: Path) -> LogResult:
     for m in METHODS:
         for t in TARGETS:
             res.ops[(m, t)] = Pooled()
+    for t in CERTIFIED:
+        res.ops[("certified", t)] = Pooled()
     res.sweep = {d: Pooled() for d in SWEEP}
     per_row = np.zeros(view.n)  # tiered's held-out quality at top, averaged over repeats
     fold_curves: dict[str, list[ErrorCostCurve]] = {"tiered": [], "grid": []}
@@ -183,6 +188,12 @@ def run_log(path: Path, args: argparse.Namespace, rejects: Path) -> LogResult:
             for d in SWEEP:
                 res.sweep[d].add(*grid_outcome(test, choose_grid(grid, train_top - d)))
             fold_curves["grid"].append(_curve([grid_outcome(test, p) for p in grid]))
+            if args.certified:
+                from tiered.calibrate import certify
+
+                for t in CERTIFIED:
+                    cert = certify(train, t, confidence=0.95, seed=args.seed + k)
+                    res.ops[("certified", t)].add(*_engine(cert.spec, test))
             hind = grid_frontier(test)
             for t in TARGETS:
                 pick = choose_grid(hind, parse_min_quality(t).resolve(test.top()[1]))
@@ -210,7 +221,9 @@ def op_rows(rows: list[LogResult]) -> tuple[list[str], list[list[str]]]:
     head = ["log", "best single model", "its quality"]
     for t in TARGETS:
         head.append(f"tiered {t}: rel. cost / Δ pts")
-    head += ["grid top", "hindsight top", "grid @ tiered's q (top)", "Δ SE", "families", "s"]
+    head += ["grid top", "hindsight top", "grid @ tiered's q (top)"]
+    head += [f"certified {t}" for t in CERTIFIED if rows and rows[0].ops[("certified", t)].n]
+    head += ["Δ SE", "families", "s"]
     out = []
     for r in rows:
         cells = [r.log, r.top, f"{100 * r.top_quality:.1f}%"]
@@ -221,6 +234,11 @@ def op_rows(rows: list[LogResult]) -> tuple[list[str], list[list[str]]]:
             f"{r.rel('grid', 'top'):.3f} / {r.delta('grid', 'top'):+.1f}",
             f"{r.rel('hindsight', 'top'):.3f} / {r.delta('hindsight', 'top'):+.1f}",
             "unreached" if math.isinf(g) else f"{g:.3f}",
+            *(
+                f"{r.rel('certified', t):.3f} / {r.delta('certified', t):+.1f}"
+                for t in CERTIFIED
+                if r.ops[("certified", t)].n
+            ),
             f"{r.delta_se:.1f}",
             ", ".join(f"{k} {v}" for k, v in sorted(r.families.items())),
             f"{r.seconds:.0f}",
@@ -268,6 +286,13 @@ def targets(rows: list[LogResult]) -> list[str]:
                 f"{np.mean([r.rel('grid', t) for r in judged]):.3f} / "
                 f"{np.mean([r.delta('grid', t) for r in judged]):+.2f}"
             )
+        for t in CERTIFIED:
+            if judged[0].ops[("certified", t)].n:
+                lines.append(
+                    f"certified (95%) {t}: mean relative cost "
+                    f"{np.mean([r.rel('certified', t) for r in judged]):.3f}, mean Δ "
+                    f"{np.mean([r.delta('certified', t) for r in judged]):+.2f} pts"
+                )
         lines.append(
             f"grid at top: mean relative cost {np.mean([r.rel('grid', 'top') for r in judged]):.3f}"
             f", mean Δ {np.mean([r.delta('grid', 'top') for r in judged]):+.2f}; hindsight "
@@ -321,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         help="learned rule families: as tiered calibrate decides, never, always",
     )
     ap.add_argument("--no-timing", action="store_true", help="skip the 5x1,500 timing run")
+    ap.add_argument(
+        "--no-certified", dest="certified", action="store_false", help="skip certified points"
+    )
     ap.add_argument("--show-cascades", action="store_true", help="print tiered's cascades")
     args = ap.parse_args(argv)
 

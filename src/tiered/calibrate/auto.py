@@ -156,7 +156,7 @@ def _learned_verdict(sel: Selection, top: str, min_saving: float) -> Verdict:
     w = sel.winner
     rel = w.relative_cost
     d = 100 * (w.quality - w.top_quality)
-    what = w.detail or w.family
+    what = w.detail if w.family == "routing" else "the cascade with the learned scorer"
     if 1.0 - rel < min_saving:
         return Verdict(
             "not_worth",
@@ -165,8 +165,8 @@ def _learned_verdict(sel: Selection, top: str, min_saving: float) -> Verdict:
         )
     return Verdict(
         "cascade",
-        f"use {what} ({w.family} rules): {rel:.2f}× the cost of {top} at {d:+.1f} points "
-        "against it in cross-validation",
+        f"use {what}: {rel:.2f}× the cost of {top} at {d:+.1f} points against it in "
+        "cross-validation",
     )
 
 

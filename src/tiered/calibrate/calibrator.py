@@ -386,9 +386,10 @@ class _Session:
         base_held_out = np.concatenate(
             [f.test.quality[:, f.base(t)] for f, t in zip(runs, targets, strict=True)]
         )
-        base_cost = sum(
-            float(f.test.cost[:, f.base(t)].sum()) for f, t in zip(runs, targets, strict=True)
-        ) / n
+        base_cost = (
+            sum(float(f.test.cost[:, f.base(t)].sum()) for f, t in zip(runs, targets, strict=True))
+            / n
+        )
         held: dict[Structure, tuple[float, float]] = {}
         single = choose(self.result.singles, target, None) if target is not None else None
         base_j = self.view.top()[0] if single is None else single.config.final
@@ -531,8 +532,7 @@ def calibrate(
         )
     if not (isinstance(min_saving, int | float) and 0 <= min_saving < 1):
         raise ConfigError(
-            f"The 'min_saving' parameter must be a number in [0, 1). Got {min_saving!r} "
-            "instead.",
+            f"The 'min_saving' parameter must be a number in [0, 1). Got {min_saving!r} instead.",
             field="min_saving",
         )
     if not (isinstance(cv_tolerance, int | float) and 0 <= cv_tolerance < 1):
