@@ -10,8 +10,6 @@ import importlib
 
 import pytest
 
-import tiered
-
 SURFACE: dict[str, list[str]] = {
     "tiered": [
         "AnswerBatch",
