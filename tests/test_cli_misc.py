@@ -18,24 +18,11 @@ import pytest
 import typer
 import yaml
 
-from tiered.cli import app, main
+from tiered.cli import app
+
+from ._cli import tiered
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiered(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process as a user would; return (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["tiered", *args]
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write_rows(path: Path, n: int) -> Path:

@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tiered.cli import main
 from tiered.config.run import RunConfig
 from tiered.core.items import Item
 from tiered.errors import ConfigError, StoreError
@@ -33,6 +32,8 @@ from tiered.runner.plan import RunPlan
 from tiered.runner.ray_batch import BatchRun
 from tiered.runner.ray_plan import BatchPlan, make_batch_plan
 from tiered.runner.ray_stages import frozen_threshold
+
+from ._cli import tiered
 
 WORDS = {"pos": ["good", "great", "fine", "lovely"], "neg": ["bad", "awful", "poor", "grim"]}
 FILLER = ["the", "a", "movie", "plot", "actor", "scene"]
@@ -82,20 +83,6 @@ def parts(out: Path) -> pa.Table:
 def rejects(out: Path) -> list[dict]:
     files = sorted((out / "rejects").glob("*.jsonl"))
     return [json.loads(line) for p in files for line in p.read_text().splitlines()]
-
-
-def tiered(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["tiered", *args]
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # -- in this process ---------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from tests._browser import file_url, open_page
 from tiered.cli import main
 from tiered.eval.stream_report import render_stream_report, summary_rows
 
+from ._cli import tiered as run_cli
+
 WORDS = {"pos": ["good", "great", "fine", "lovely"], "neg": ["bad", "awful", "poor", "grim"]}
 FIGURES = {
     "Expert share",
@@ -41,16 +43,7 @@ def write_input(path: Path, n: int) -> Path:
 
 
 def tiered(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    old = sys.argv
-    sys.argv = ["tiered", *args]
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
+    code, out, err = run_cli(capsys, *args)
     return code, out + err
 
 

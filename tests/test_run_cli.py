@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tiered.cli import main
 from tiered.replay.load import load_replay
 from tiered.store import RunStore
+
+from ._cli import tiered
 
 WORDS = {
     "pos": ["good", "great", "fine", "lovely", "superb"],
@@ -40,21 +41,6 @@ def write_jsonl(path: Path, rows: list[dict[str, str]], bad_every: int = 0) -> P
             if bad_every and i % bad_every == bad_every - 1:
                 f.write("{broken\n")
     return path
-
-
-def tiered(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process as a user would; return (exit code, stdout, stderr)."""
-    old = sys.argv
-    sys.argv = ["tiered", *args]
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-from tiered.cli import main
 from tiered.runner.counters import LearnerStats, RunCounters, history_row
 from tiered.runner.summary import RunSummary, stored_run, summarise
 from tiered.store import RunStore
+
+from ._cli import tiered as run_cli
 
 WORDS = {
     "pos": ["good", "great", "fine", "lovely", "superb"],
@@ -38,16 +38,7 @@ def write_stream(path: Path, n: int, *, break_at: int | None = None) -> Path:
 
 def tiered(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """Run the CLI in-process; return (exit code, stdout with whitespace collapsed)."""
-    old = sys.argv
-    sys.argv = ["tiered", *args]
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out, _ = capsys.readouterr()
+    code, out, _ = run_cli(capsys, *args)
     # the summary table wraps long lines and draws borders: compare words only
     return code, " ".join(out.replace("│", " ").split())
 
