@@ -303,6 +303,8 @@ def check_pickle_round_trip(case: ModelCase) -> None:
     """A pickled and unpickled model answers (and learns) like the original."""
     model = case.factory()
     case.teach(model)
+    # in memory only, bytes this check just made: models travel by pickle to worker
+    # processes and Ray actors; saved state never does (tiered.store.state)
     clone = pickle.loads(pickle.dumps(model))
     rnd = model.tags.stochastic
     _assert_same(
