@@ -157,6 +157,9 @@ SURFACE: dict[str, list[str]] = {
     ],
     "tiered.runner": [
         "Batch",
+        "CertifiedRun",
+        "CertifiedSummary",
+        "CertifySpec",
         "Checkpointer",
         "DecisionFile",
         "Endpoints",
@@ -182,6 +185,7 @@ SURFACE: dict[str, list[str]] = {
         "build_cascade",
         "file_endpoints",
         "make_plan",
+        "parse_certify",
         "plan_endpoints",
         "print_summary",
         "quick_config",

@@ -24,6 +24,7 @@ from typing import Annotated
 import typer
 
 from tiered.cli.app import app
+from tiered.cli.run_certify import Certify, Confidence, Learn
 from tiered.cli.run_options import (
     ApiKeyEnv,
     BaseUrl,
@@ -163,6 +164,9 @@ def run_cmd(
             "target at any item (the alarm was raised) or ended below it.",
         ),
     ] = False,
+    certify: Certify = None,
+    confidence: Confidence = None,
+    learn: Learn = None,
     throttle: Annotated[float, typer.Option("--throttle", hidden=True, min=0)] = 0.0,
 ) -> None:
     """Label a stream with the cheapest stage that answers well; resumable after a kill.
@@ -174,12 +178,23 @@ def run_cmd(
     Quick mode, an LLM as the expert: tiered run reviews.jsonl -o labels.jsonl
     --expert openai:gpt-4o-mini --labels positive,negative (the key in OPENAI_API_KEY).
 
+    Certified labelling of a file: tiered run in.jsonl -o out.jsonl --expert-field label
+    --expert-cost 0.002 --certify 'accuracy>=0.95' (not resumable; writes OUTPUT whole).
+
     Exit codes: 0 done; 3 with --fail-below-target when the target was missed; 128 + the
     signal (130, 143) when stopped early.
     """
     from rich.console import Console
 
+    from tiered.cli.run_certify import check_certify_args, run_certified
     from tiered.runner import QuickOptions, RichProgress, StreamRun, make_plan, print_summary
+
+    check_certify_args(args, output, certify, {
+        "--confidence": confidence, "--learn": learn, "--report": report,
+        "--replay-out": replay_out, "--exit-when-idle": exit_when_idle,
+        "--fail-below-target": fail_below_target, "--checkpoint-every": checkpoint_every,
+        "--checkpoint-seconds": checkpoint_seconds,
+    })  # fmt: skip
 
     plan = make_plan(
         args,
@@ -215,6 +230,8 @@ def run_cmd(
         exit_when_idle=exit_when_idle,
         max_reject_share=max_reject_share,
     )
+    if certify is not None:
+        return run_certified(plan, certify, confidence, learn)
     console = Console()
     err = Console(stderr=True)
     view = RichProgress(err) if plan.progress and err.is_terminal else None

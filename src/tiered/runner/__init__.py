@@ -14,6 +14,8 @@
 - :mod:`~tiered.runner.files`: the file endpoints (input file or stdin; output, reject and
   replay files); :mod:`~tiered.runner.counters`, :mod:`~tiered.runner.summary`: what a run
   counts and reports; :mod:`~tiered.runner.progress`: the progress bar and summary table.
+- :mod:`~tiered.runner.certified`: ``tiered run --certify``, certified batch labelling of
+  a finite file (:class:`CertifiedRun`; the spec from :func:`parse_certify`).
 - :mod:`~tiered.runner.ray_batch`: ``tiered batch``, a large file or folder on Ray Data
   (learn on a sample, freeze, one actor pool per stage; Parquet partitions written once),
   with :mod:`~tiered.runner.ray_plan`, :mod:`~tiered.runner.ray_parts` and
@@ -25,6 +27,7 @@
 """
 
 from tiered.runner.build import ModelWrapper, RunCascade, build_cascade
+from tiered.runner.certified import CertifiedRun, CertifiedSummary, CertifySpec, parse_certify
 from tiered.runner.checkpoint import Checkpointer, Endpoints, Resumed
 from tiered.runner.counters import LearnerStats, RunCounters
 from tiered.runner.files import DecisionFile, JsonlFile, file_endpoints
@@ -46,6 +49,9 @@ from tiered.runner.summary import RunSummary
 
 __all__ = [
     "Batch",
+    "CertifiedRun",
+    "CertifiedSummary",
+    "CertifySpec",
     "Checkpointer",
     "DecisionFile",
     "Endpoints",
@@ -71,6 +77,7 @@ __all__ = [
     "build_cascade",
     "file_endpoints",
     "make_plan",
+    "parse_certify",
     "plan_endpoints",
     "print_summary",
     "quick_config",
