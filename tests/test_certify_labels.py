@@ -135,3 +135,13 @@ def test_bad_parameters_are_clear_errors() -> None:
         certify_labels(cheap, score[:10], _Oracle(truth), target=0.9)
     with pytest.raises(ConfigError, match="needs the class"):
         certify_labels(cheap, score, _Oracle(truth), target=0.9, metric="recall")
+
+
+def test_no_cheap_label_certifies_nothing() -> None:
+    """A cheap stage that labels nothing keeps nothing and claims no certificate."""
+    out = certify_labels(
+        [None] * 50, np.zeros(50), lambda idx: ["a"] * len(idx), target=0.9, confidence=0.95
+    )
+    assert not out.certified
+    assert out.oracle_calls == 50
+    assert out.labels == ["a"] * 50

@@ -187,6 +187,8 @@ def _search(
     """Largest certified prefix size (fixed sequence over the grid) and its error bound."""
     grid, batch, lookahead, min_samples = how.grid, how.batch, how.lookahead, how.min_samples
     n = len(pop.ranked)
+    if n == 0:  # no cheap label to keep: nothing to certify
+        return 0, 0
     perm = rng.permutation(n)  # perm[j]: the rank drawn j-th
     sizes = sorted({max(1, round(n * (i + 1) / grid)) for i in range(grid)})
     best, bound = 0, 0
