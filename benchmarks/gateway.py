@@ -21,6 +21,11 @@ benchmark, an ``httpx.AsyncClient``, then measures
 The stage's upstream client is ``--client openai`` (tiered's ``OpenAIChat`` stage, kind
 ``openai``, posting through aiohttp: what users run) or ``--client raw`` (a minimal
 asyncio HTTP/1.1 client defined here: the gateway's own cost, without any HTTP library's).
+
+Every request sends the same prompt, so at 64 clients the ``openai`` stage joins most of
+them into one upstream call (identical requests of one key in flight at once are sent
+once); the concurrent phase reports how many upstream calls it took. ``--distinct`` gives
+every request a prompt of its own: one upstream call per request, the worst case.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +190,7 @@ async def in_process_cpu(n: int) -> float:
 
         status = []
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status.append(message["status"])
 
@@ -252,10 +257,21 @@ async def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float
     raise RuntimeError("the gateway did not become healthy")
 
 
+DISTINCT = False  # --distinct: a prompt of its own for every request
+_SENT = iter(range(1 << 62))
+
+
+def payload() -> dict[str, Any]:
+    if not DISTINCT:
+        return PAYLOAD
+    text = f"Is the gateway fast enough? (request {next(_SENT)})"
+    return {**PAYLOAD, "messages": [{"role": "user", "content": text}]}
+
+
 async def timed(client: httpx.AsyncClient, url: str) -> tuple[float, bool]:
     t0 = time.perf_counter()
     try:
-        r = await client.post(url, json=PAYLOAD)
+        r = await client.post(url, json=payload())
         ok = r.status_code == 200 and bool(r.json()["choices"][0]["message"]["content"])
     except httpx.HTTPError:
         ok = False
@@ -329,8 +345,10 @@ async def bench(args: argparse.Namespace) -> None:
                 cpu0 = cpu_seconds(proc.pid)
                 d_ms, g_ms, seq_err = await sequential(client, direct, gw, args.sequential)
                 cpu1 = cpu_seconds(proc.pid)
+                calls0 = upstream.calls
                 g_rps, g_lat, g_err = await concurrent(client, gw, args.requests, args.concurrency)
                 cpu2 = cpu_seconds(proc.pid)
+                upstream_calls = upstream.calls - calls0
                 d_rps, d_lat, d_err = await concurrent(
                     client, direct, args.requests, args.concurrency
                 )
@@ -364,6 +382,10 @@ async def bench(args: argparse.Namespace) -> None:
         f"gateway process CPU per request (user + system): sequential "
         f"{seq_cpu[0]:.2f} + {seq_cpu[1]:.2f} ms, concurrent {con_cpu[0]:.2f} + {con_cpu[1]:.2f} ms"
     )
+    how = "a prompt per request" if DISTINCT else "one prompt: identical requests in flight join"
+    console.print(
+        f"concurrent phase: {upstream_calls} upstream calls for {args.requests} requests ({how})"
+    )
     t2 = Table(title=f"{args.requests} requests from {args.concurrency} concurrent clients")
     for col in ("", "req/s", "p50 ms", "p99 ms", "errors"):
         t2.add_column(col, justify="right" if col else "left")
@@ -388,12 +410,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100, help="untimed pairs (default 100)")
     ap.add_argument("--inprocess", type=int, default=2000, help="in-process requests (2000)")
     ap.add_argument("--client", choices=("openai", "raw"), default="openai")
+    ap.add_argument("--distinct", action="store_true", help="a prompt of its own for every request")
     ap.add_argument("--serve-gateway", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_gateway:
         serve_gateway(args.serve_gateway, args.port)
         return
+    global DISTINCT
+    DISTINCT = args.distinct
     asyncio.run(bench(args))
 
 

@@ -78,6 +78,8 @@ class InstrumentedModel:
         self._cascade = cascade
         self._metrics = metrics
         self._async: AsyncModel | None = inner if isinstance(inner, AsyncModel) else None
+        # what can bound its cost, checked once: a protocol isinstance costs microseconds
+        self.priced: PricedModel | None = inner if isinstance(inner, PricedModel) else None
         self._executor: ThreadPoolExecutor | None = None
         if self._async is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"tiered-{stage.name}")
@@ -112,7 +114,7 @@ class InstrumentedModel:
                 tally = CURRENT_TALLY.get()
                 if tally is not None:
                     tally.calls.append(StageCall(self._stage.name, seconds, 0.0, error, start_ns))
-        usd = float(np.nansum(self._stage.cost.cost(answers)))
+        usd = _total_usd(self._stage.cost.cost(answers))
         if usd > 0:
             self._metrics.observe_cost(self._cascade, self._stage.name, usd)
         tally = CURRENT_TALLY.get()
@@ -123,6 +125,15 @@ class InstrumentedModel:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _total_usd(costs: np.ndarray) -> float:
+    """The sum of a call's costs, NaN as 0 (one item, the gateway's usual batch, without
+    numpy's per-call overhead)."""
+    if costs.size == 1:
+        usd = float(costs.reshape(-1)[0])
+        return 0.0 if math.isnan(usd) else usd
+    return float(np.nansum(costs))
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -261,10 +272,10 @@ class WorstCase:
 def model_worst_case(model: Model, items: Sequence[Item]) -> float | None:
     """What ``model`` can charge for ``items`` at most, when it can say (a PricedModel)."""
     if isinstance(model, InstrumentedModel):
-        model = model.inner
-    if isinstance(model, PricedModel):
-        return float(model.worst_case_cost(items))
-    return None
+        priced = model.priced
+    else:
+        priced = model if isinstance(model, PricedModel) else None
+    return None if priced is None else float(priced.worst_case_cost(items))
 
 
 class ServedCascade:

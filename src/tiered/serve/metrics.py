@@ -21,10 +21,16 @@ The online cascades' alarm count includes the alarms of a restored learner's pas
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 from tiered.core.cascade import CascadeResult
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 # request latency: sub-ms gateway paths up to LLM calls that take a minute
 _LATENCY_BUCKETS = (
@@ -129,6 +135,15 @@ class GatewayMetrics:
         # label lookups cost microseconds each; hot paths reuse the children
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: M, *labels: str) -> M:
+        """``metric.labels(*labels)``, looked up once."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe_request(self, path: str, status: int, seconds: float) -> None:
         if path in ENDPOINTS:
@@ -150,12 +165,12 @@ class GatewayMetrics:
     def observe_result(self, cascade: str, result: CascadeResult) -> None:
         """Per-stage answers and deferrals of one cascade run."""
         for step in result.steps:
-            n_acc = int(step.accepted.sum())
+            n_acc = int(np.count_nonzero(step.accepted))
             n_def = len(step.accepted) - n_acc
             if n_acc:
-                self.stage_answers.labels(cascade, step.stage).inc(n_acc)
+                self._child(self.stage_answers, cascade, step.stage).inc(n_acc)
             if n_def:
-                self.stage_deferrals.labels(cascade, step.stage).inc(n_def)
+                self._child(self.stage_deferrals, cascade, step.stage).inc(n_def)
 
     def observe_answers(self, cascade: str, stages: list[str], answered_by: list[int]) -> None:
         """Answers and deferrals when only who answered is known (online cascades)."""
@@ -184,10 +199,10 @@ class GatewayMetrics:
             self._alarms_seen[cascade] = alarms
 
     def observe_cost(self, cascade: str, stage: str, usd: float) -> None:
-        self.stage_cost.labels(cascade, stage).inc(usd)
+        self._child(self.stage_cost, cascade, stage).inc(usd)
 
     def observe_call(self, cascade: str, stage: str, seconds: float, error: str | None) -> None:
-        self.upstream_seconds.labels(cascade, stage).observe(seconds)
+        self._child(self.upstream_seconds, cascade, stage).observe(seconds)
         if error is not None:
             self.upstream_errors.labels(cascade, stage, error).inc()
 
