@@ -114,6 +114,24 @@ def test_async_run_matches_sync_run() -> None:
     assert a.labels == b.labels and a.cost.tolist() == b.cost.tolist()
 
 
+class _AsyncFake(FakeModel):
+    """Answers ``apredict`` with another label, so a test sees which path ran."""
+
+    async def apredict(self, items: list[Item]) -> AnswerBatch:
+        return AnswerBatch.from_labels(["async"] * len(items), cost=1.0)
+
+
+def test_async_run_awaits_the_model_a_stage_holds_now() -> None:
+    sync_model = FakeModel("m", lambda it: "sync")
+    stage = Stage("m", sync_model)
+    cascade = Cascade([stage])
+    assert asyncio.run(cascade.arun(_items(2))).labels == ["sync", "sync"]
+    stage.model = _AsyncFake("m", lambda it: "sync")
+    assert asyncio.run(cascade.arun(_items(2))).labels == ["async", "async"]
+    stage.model = sync_model
+    assert asyncio.run(cascade.arun(_items(2))).labels == ["sync", "sync"]
+
+
 def test_model_returning_wrong_count_is_an_error() -> None:
     class Short(FakeModel):
         def predict(self, items):  # type: ignore[no-untyped-def]

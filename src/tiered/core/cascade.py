@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, cast, runtime_checkable
+from typing import Literal, Protocol, TypeGuard, cast, runtime_checkable
 
 import numpy as np
 
@@ -196,6 +196,7 @@ class Cascade:
         if dupes:
             raise ConfigError(f"stage names must be unique; repeated: {dupes}", field="stages")
         self.stages = list(stages)
+        self._async_seen: dict[str, tuple[object, bool]] = {}
 
     @property
     def stage_names(self) -> list[str]:
@@ -223,7 +224,7 @@ class Cascade:
             while True:
                 model = stage.model
                 try:
-                    if isinstance(model, AsyncModel):
+                    if self._is_async(model, stage):
                         answers = await model.apredict(batch)
                     else:
                         answers = model.predict(batch)
@@ -232,6 +233,15 @@ class Cascade:
                 stage, batch = driver.send(answers)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+
+    def _is_async(self, model: object, stage: Stage) -> TypeGuard[AsyncModel]:
+        # A runtime protocol check walks every attribute of the protocol: too slow for a
+        # gateway's per-request path, so it is done once per model a stage holds.
+        seen = self._async_seen.get(stage.name)
+        if seen is None or seen[0] is not model:
+            seen = (model, isinstance(model, AsyncModel))
+            self._async_seen[stage.name] = seen
+        return seen[1]
 
     def _failed(self, stage: Stage, batch: list[Item], exc: ModelError) -> AnswerBatch:
         """No answers from a failed stage: pass its items on, or re-raise."""
