@@ -126,6 +126,22 @@ def test_edge_cases_say_what_is_known() -> None:
     assert g[0] > g[1] > g[2] > g[3] >= 1.0
 
 
+def test_planning_ahead_uses_the_bounds_growth_over_the_span() -> None:
+    # the bound's excess over the estimate grows like a square root: per disagreement it
+    # grows less over a span of them than at the next one, and never by less than one
+    def up(k: int) -> int:
+        return disagreement_upper(k, 10**9, 0.1, DELTA)
+
+    for k in (0, 5, 20, 100):
+        tangent = bound_inflation(k, 0.1, DELTA)
+        assert bound_inflation(k, 0.1, DELTA, ahead=1) == tangent
+        assert 1.0 <= bound_inflation(k, 0.1, DELTA, ahead=30) < tangent
+    expected = ((up(50) - up(20)) / 30 - 1) / 9
+    assert bound_inflation(20, 0.1, DELTA, ahead=30) == pytest.approx(expected)
+    # a span of less than one disagreement is the next one
+    assert bound_inflation(20, 0.1, DELTA, ahead=0.2) == bound_inflation(20, 0.1, DELTA)
+
+
 # ------------------------------------------------------------------ the controller
 
 

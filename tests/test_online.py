@@ -497,7 +497,9 @@ def test_target_is_held_on_a_learnable_stream() -> None:
     out = run(oc, items, batch=200)
     true = np.mean([d.label == it.fields["label"] for d, it in zip(out, items, strict=True)])
     st = oc.stats()
-    assert st.ci_low <= true <= st.ci_high  # the estimate covers the truth
+    # the confidence sequence covers the truth (a fixed-sample interval misses it on one
+    # stream in twenty, this one among them depending on which items were audited)
+    assert st.cs_low <= true <= st.cs_high
     assert true >= 0.93
     assert st.stage_share["nb0"] > 0.4  # and it did not just send everything up
 

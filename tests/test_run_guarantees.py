@@ -45,6 +45,10 @@ def tiered(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 
 QUICK = ["--expert-field", "label", "--expert-cost", "0.001", "--no-progress"]
 QUICK += ["--target-agreement", "0.96", "--fail-below-target"]
+# For a broken stream: in batches of 500 the confidently wrong stage answers a whole
+# batch before the controller sees an audit of it (smaller batches often let the
+# controller defer in time, and then the agreement never falls far enough for an alarm).
+BROKEN = ["--batch-size", "500"]
 
 
 def test_a_broken_cheap_stage_raises_the_alarm_and_exits_3(
@@ -52,7 +56,7 @@ def test_a_broken_cheap_stage_raises_the_alarm_and_exits_3(
 ) -> None:
     src = write_stream(tmp_path / "in.jsonl", 4000, break_at=2000)
     out = tmp_path / "out.jsonl"
-    code, text = tiered(capsys, "run", str(src), "-o", str(out), *QUICK)
+    code, text = tiered(capsys, "run", str(src), "-o", str(out), *QUICK, *BROKEN)
     assert code == 3
     assert "ALARM: the upper bound fell below the target at item" in text
     assert "every item went to the expert until it recovered" in text
@@ -91,7 +95,8 @@ def test_without_the_flag_an_alarm_does_not_change_the_exit_code(
 ) -> None:
     src = write_stream(tmp_path / "in.jsonl", 4000, break_at=2000)
     quick = [a for a in QUICK if a != "--fail-below-target"]
-    code, text = tiered(capsys, "run", str(src), "-o", str(tmp_path / "o.jsonl"), *quick)
+    out = str(tmp_path / "o.jsonl")
+    code, text = tiered(capsys, "run", str(src), "-o", out, *quick, *BROKEN)
     assert code == 0
     assert "ALARM:" in text
 

@@ -36,9 +36,13 @@ calls where each buys the most, which is why the controller moves a single numbe
   agreement (on that probability). Each disagreement still to come moves the bound by
   more than one (``bound_inflation``: it was not audited, and the bound must allow for
   the ones the audits miss), so ``A`` is translated into the agreement the coming items
-  need for the *bound* to move as asked. The audit rate defaults to 0.1 here: the bound
-  narrows with the audited disagreements, which costs fewer expert calls than the width
-  would. As the feedback is gradual, the bound closes in on the target from below.
+  need for the *bound* to move as asked. The factor is the bound's growth averaged over
+  the audited disagreements the next ``H`` items should bring, not its growth at the
+  next one: the bound's excess over the estimate grows like their square root, so the
+  next one alone overstates what the ``H`` items will cost (HEADLINES, target 0.90, 20
+  seeds: 23.0% expert calls instead of 23.9%). The audit rate defaults to 0.1 here: the
+  bound narrows with the audited disagreements, which costs fewer expert calls than the
+  width would. As the feedback is gradual, the bound closes in on the target from below.
 - ``estimate``: the audited point estimate, its correction shrunk by ``m / (m + 100)``
   while there are few (``m``) audits. The true agreement then lands within the
   estimate's noise of the target, on either side (HEADLINES, target 0.96, 5% audits,
@@ -206,8 +210,12 @@ class ThresholdController:
         if self.config.control == "anytime":
             # Where the *bound* must go, in agreement the coming items need: each of their
             # disagreements moves the bound by more than one (``bound_inflation``).
+            # Averaged over the audited disagreements the horizon should bring (near the
+            # target): the bound grows less per disagreement as they pile up.
             k = overall.audits - overall.audits_agreeing
-            grow = bound_inflation(k, self.config.audit_rate, 1.0 - self.config.confidence)
+            a = self.config.audit_rate
+            ahead = a * horizon * (1.0 - target)
+            grow = bound_inflation(k, a, 1.0 - self.config.confidence, ahead)
             required = 1.0 - (1.0 - required) / grow
         if window is not None and window.high < target:
             # The recent stream is significantly below target (a shift): make it up now
