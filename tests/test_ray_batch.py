@@ -169,6 +169,37 @@ def test_a_missing_sample_partition_learns_again(tmp_path: Path) -> None:
     assert again.summary.agreement == first.summary.agreement
 
 
+def test_a_repeated_id_is_rejected_once_wherever_it_comes(tmp_path: Path) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(CONFIG)
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = make_rows(300)
+    # r5 again in its own partition, r7 in a later one, r9 and r11 in later files
+    write_jsonl(data / "a.jsonl", [*rows[:50], rows[5], *rows[50:250], rows[7]])
+    write_jsonl(data / "b.jsonl", [rows[9], *rows[250:]])
+    with (data / "c.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([make_rows(1, start=300)[0], rows[11]])
+    out = tmp_path / "out"
+    result = BatchRun(plan(cfg, data, out)).run()
+    ids = parts(out).column("id").to_pylist()
+    assert Counter(ids) == Counter(f"r{i}" for i in range(301))
+    bad = rejects(out)
+    lines = [(r["line"], r["field"]) for r in bad]
+    assert lines == [(51, "id"), (252, "id"), (1, "id"), (None, "id")]
+    assert "duplicate id 'r5'" in bad[0]["reason"] and "a.jsonl:51" in bad[0]["reason"]
+    assert "b.jsonl:1" in bad[2]["reason"] and json.loads(bad[2]["raw"])["id"] == "r9"
+    assert "c.csv" in bad[3]["reason"] and "'r11'" in bad[3]["reason"]
+    assert (result.summary.items, result.summary.rejects) == (301, 4)
+    # a re-run knows them too: the duplicates are in the manifest
+    (out / "part-000002.parquet").unlink()
+    again = BatchRun(plan(cfg, data, out)).run()
+    assert again.written == 1 and again.summary.rejects == 4
+    assert Counter(parts(out).column("id").to_pylist()) == Counter(ids)
+
+
 def test_refuses_another_config_or_input_unless_fresh(tmp_path: Path) -> None:
     cfg, inp = setup(tmp_path, n=300)
     out = tmp_path / "out"
@@ -240,6 +271,9 @@ def test_cli_prints_the_summary_and_names_a_bad_config(
     assert code == 2 and "bad.yaml" in err and "nope" in err
     code, _, err = tiered(capsys, "batch", str(cfg), str(tmp_path / "missing"), "-o", str(out))
     assert code == 2 and "not found" in err
+    code, _, err = tiered(capsys, "batch", str(cfg), str(inp), "-o", str(out), "--in-process",
+                          "--ray-only")  # fmt: skip
+    assert code == 2 and "--ray-only or --in-process" in err
 
 
 def _learned_cascade(tmp_path: Path, online: dict[str, object], n: int = 1000) -> OnlineCascade:
@@ -266,6 +300,89 @@ def test_the_frozen_threshold_holds_the_target_with_nothing_to_spend(tmp_path: P
     # (or a shortfall) the online controller was steering by is not spent over the input
     assert pred[i] >= 0.95 and i > 0 and pred[i - 1] < 0.95
     assert frozen_threshold(_learned_cascade(tmp_path, {"mu": 0.2}, n=300)) == pytest.approx(0.8)
+
+
+# -- this process and Ray sharing the partitions (Ray stood in for) ----------------------------
+
+
+class _SlowStart:
+    """Stands in for a Ray that is up after ``polls`` looks at it."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls = polls
+        self.closed = False
+        self.startup_s = 0.0
+
+    def ready(self) -> bool:
+        self.polls -= 1
+        return self.polls < 0
+
+    def wait(self) -> float:
+        return 2.0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Pipeline:
+    """Stands in for Ray Data: the run's own read step and frozen steps, partition by
+    partition, and only once this process has taken ``head_start`` more partitions."""
+
+    def __init__(self, run: BatchRun, parts: list, spec: object, out: Path, manifest: object):
+        self.run, self.parts, self.spec, self.out, self.manifest = run, parts, spec, out, manifest
+
+    def iter_batches(self, **_: object):  # type: ignore[no-untyped-def]
+        from tiered.runner.ray_batch import read_rows
+
+        steps = self.run._steps(self.spec)  # type: ignore[arg-type]
+        for p in self.parts:
+            batch = pa.table({"part": [p.index]})
+            table = read_rows(batch, {p.index: p}, self.manifest.files, self.run.fields,  # type: ignore[attr-defined]
+                              str(self.out), self.run.session, {})  # fmt: skip
+            for step in steps:
+                table = step(table)
+            yield table
+
+
+@pytest.mark.parametrize("polls", [0, 3, 10_000])
+def test_this_process_and_ray_share_the_partitions_each_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, polls: int
+) -> None:
+    from tiered.runner import ray_batch
+
+    cfg, inp = setup(tmp_path, n=2000)
+    starts: list[_SlowStart] = []
+
+    def start(address: str | None) -> _SlowStart:
+        starts.append(_SlowStart(polls))
+        return starts[-1]
+
+    monkeypatch.setattr(ray_batch, "RayStart", start)
+    monkeypatch.setattr(ray_batch, "PIPELINE_START_S", 0.0)
+
+    def pipeline(self, manifest, parts, spec, cpus, out):  # type: ignore[no-untyped-def]
+        return _Pipeline(self, parts, spec, out.path, manifest)
+
+    monkeypatch.setattr(BatchRun, "_dataset", pipeline)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".part-000005.0123456789ab.claim").touch()  # another run's: never counts
+    result = BatchRun(plan(cfg, inp, out, in_process=False)).run()
+    assert parts(out).equals(parts(_local(tmp_path, cfg, inp)))
+    assert starts[0].closed and not list(out.glob(".part-*"))  # no claim left behind
+    here = result.local_items
+    if polls == 0:  # Ray up at once: this process still takes partitions from the back
+        assert 0 < here < result.apply_items and result.engine.startswith("ray")
+    elif polls == 3:  # up after this process answered a few
+        assert 0 < here < result.apply_items
+    else:  # never up in time: not waited for
+        assert here == result.apply_items and "not needed" in result.engine
+
+
+def _local(tmp_path: Path, cfg: Path, inp: Path) -> Path:
+    local = tmp_path / "local"
+    BatchRun(plan(cfg, inp, local)).run()
+    return local
 
 
 # -- on a real local Ray -----------------------------------------------------------------------
@@ -315,16 +432,19 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_ray_run_killed_mid_way_writes_each_record_once(tmp_path: Path) -> None:
     cfg, inp = setup(tmp_path, n=1500, bad=(10, 1200))
+    with inp.open("a", encoding="utf-8") as f:  # r3 again: a duplicate, rejected once
+        f.write(json.dumps(make_rows(4)[3]) + "\n")
     out = tmp_path / "out"
     common = [str(cfg), str(inp), "-o", str(out), "--partition-records", "100", "--learn", "100"]
     common += ["--max-actors", "1"]  # fewer processes to start on a small machine
     sample = 1  # --learn 100: one partition learned in the run's own process
-    proc = _start([*common, "--throttle", "0.5"], tmp_path)
+    # Ray answers every partition but the sample's: the kill comes while Ray works
+    proc = _start([*common, "--ray-only", "--throttle", "0.5"], tmp_path)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while len(list(out.glob("part-*.parquet"))) < sample + 3:
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "no partition written by Ray"
@@ -334,17 +454,22 @@ def test_ray_run_killed_mid_way_writes_each_record_once(tmp_path: Path) -> None:
         proc.stdout.close()  # type: ignore[union-attr]
     written = len(list(out.glob("part-*.parquet")))
     assert sample + 3 <= written < 16, "the kill came after the run ended"
+    # partitions Ray had claimed when it was killed are answered again: by this process
+    # (it answers partitions while Ray starts) or by Ray, whoever claims them first
     again = _start(common, tmp_path)
     try:
-        stdout, _ = again.communicate(timeout=120)
+        stdout, _ = again.communicate(timeout=180)
     finally:
         _kill_group(again)  # Ray stopped with the run; nothing of it may stay
     assert again.returncode == 0, stdout.decode()[-3000:]
     text = stdout.decode()
-    assert f"{16 - written} written now, {written} before" in text and "ray (local" in text
+    assert f"{16 - written} written now, {written} before" in text
     ids = parts(out).column("id").to_pylist()
     assert Counter(ids) == Counter(f"r{i}" for i in range(1500))
-    assert sorted(r["line"] for r in rejects(out)) == [11, 1202]
+    bad = rejects(out)
+    assert sorted(r["line"] for r in bad) == [11, 1202, 1503]
+    assert "duplicate id 'r3'" in bad[-1]["reason"]
+    assert not list(out.glob(".part-*"))  # no claim left behind
     # the same frozen cascade in this process answers every record alike
     local = tmp_path / "local"
     BatchRun(plan(cfg, inp, local, learn_records=100)).run()

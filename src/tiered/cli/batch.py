@@ -99,6 +99,14 @@ def batch_cmd(
             show_default=False,
         ),
     ] = None,
+    ray_only: Annotated[
+        bool,
+        typer.Option(
+            "--ray-only",
+            help="Every partition on Ray (default: this process answers partitions too, from "
+            "the last one back, while Ray starts and whenever it has nothing from Ray to write).",
+        ),
+    ] = False,
     fresh: Annotated[
         bool,
         typer.Option("--fresh", help="Start over: delete what an earlier run wrote in OUTDIR."),
@@ -112,7 +120,8 @@ def batch_cmd(
 
     Resumable: each partition's answers are written at once, atomically; the same
     command again answers only the partitions not written yet, so every record is
-    answered (or rejected) exactly once. --fresh starts over.
+    answered (or rejected) exactly once. --fresh starts over. As with `tiered run`, a
+    record whose id an earlier record had goes to OUTDIR/rejects/.
     """
     from rich.console import Console
 
@@ -121,6 +130,10 @@ def batch_cmd(
 
     if in_process and ray is not None:
         raise typer.BadParameter("give --ray or --in-process, not both", param_hint="--ray")
+    if in_process and ray_only:
+        raise typer.BadParameter(
+            "give --ray-only or --in-process, not both", param_hint="--ray-only"
+        )
     plan = make_batch_plan(
         config,
         input,
@@ -133,6 +146,7 @@ def batch_cmd(
         in_process=in_process,
         actor_cpus=actor_cpus,
         max_actors=max_actors,
+        local_share=not ray_only,
         throttle_s=throttle,
     )
     console = Console()
@@ -203,10 +217,11 @@ def _print(console: Console, r: BatchResult) -> None:
     learned = f"{r.learned_records:,} records" + (f" in {r.learn_s:.1f} s" if r.learn_s else "")
     t.add_row("learned on", learned)
     if r.apply_items:
+        here = f"; {r.local_items:,} of them in this process" if r.local_items else ""
         t.add_row(
             "at scale",
             f"{r.apply_items:,} items in {r.apply_s:.1f} s ({r.apply_items_per_s:,.0f} items/s, "
-            f"{r.engine})",
+            f"{r.engine}{here})",
         )
     t.add_row("wall time", f"{s.wall_s:.1f} s this session")
     console.print(t)

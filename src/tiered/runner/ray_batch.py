@@ -15,6 +15,15 @@
 3. **Write.** The answers stream back to this process, which writes each partition's
    Parquet file once all its rows are in (atomically), with its counts in the file.
 
+A local Ray takes seconds to start (:mod:`tiered.runner.ray_start`), so it starts in the
+background as the run begins, and this process does not wait for it: it answers
+partitions itself with the same frozen steps, from the last one back, while Ray starts and
+whenever it has nothing from Ray to write; Ray's pipeline takes them from the front. Each
+partition is read by whoever claims it first (:func:`~tiered.runner.ray_plan.claim`).
+When this process would be done before Ray's pipeline could answer anything
+(:data:`PIPELINE_START_S`), the pipeline is not started. ``--ray-only`` leaves every
+partition to Ray.
+
 Exactly once: a partition is done when its file exists; a re-run (after a kill, say)
 skips the done ones and answers the others again, from scratch. The summary adds up the
 counts of every partition file: one agreement estimate, with its interval, over every
@@ -24,20 +33,20 @@ Without Ray (``in_process``) the same steps run one after another here.
 
 from __future__ import annotations
 
-import logging
 import math
-import os
+import secrets
 import time
-from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tiered.errors import ConfigError, ModelError, StoreError
+from tiered.errors import ModelError, StoreError
 from tiered.runner.files import field_map
 from tiered.runner.ray_parts import (
+    COLUMNS,
     FINAL,
     Tally,
     column,
@@ -50,8 +59,17 @@ from tiered.runner.ray_parts import (
     total,
     write_partition,
 )
-from tiered.runner.ray_plan import LEARNED, BatchPlan, Manifest, OutDir, Partition, write_atomic
+from tiered.runner.ray_plan import (
+    LEARNED,
+    BatchPlan,
+    Manifest,
+    OutDir,
+    Partition,
+    claim,
+    write_atomic,
+)
 from tiered.runner.ray_stages import CheapStep, ExpertStep, StepSpec, freeze
+from tiered.runner.ray_start import RayFeed, RayStart
 from tiered.runner.summary import RunSummary
 from tiered.store.state import decode_state, encode_state
 
@@ -62,6 +80,12 @@ if TYPE_CHECKING:
     from tiered.online.audit import AgreementEstimate
     from tiered.runner.plan import RunPlan
     from tiered.runner.ray_plan import InputFile
+
+# Ray's pipeline takes at least about this long to answer its first partition (its
+# actors start, load their stage): not worth starting when this process would be done
+# sooner (a pipeline started is waited for to its end: Ray is never stopped under it)
+PIPELINE_START_S = 8.0
+KEEP_HELPING = True
 
 PartitionDone = Callable[[int, int], None]
 """Told (partitions done, partitions in all) after each partition is written."""
@@ -90,6 +114,7 @@ class BatchResult:
     apply_s: float
     engine: str
     at_scale: AgreementEstimate | None = None
+    local_items: int = 0
 
     @property
     def apply_items_per_s(self) -> float:
@@ -104,6 +129,8 @@ class BatchRun:
         self.on_partition = on_partition
         self.fields: FieldMap = field_map(plan.config.input)
         self.engine = "in-process" if plan.in_process else "ray"
+        self.local_items = 0  # items this process answered while Ray ran
+        self.session = secrets.token_hex(6)  # names this run's claims
         self._done = 0  # partitions written, this session's and before
         self._total = 0
 
@@ -112,6 +139,9 @@ class BatchRun:
         t0 = time.perf_counter()
         out = OutDir(plan.outdir)
         out.lock()
+        # Ray starts while the input is cut and the cascade learns (and this process
+        # answers partitions): closed at once if there turns out to be nothing for it
+        start = None if plan.in_process else RayStart(plan.ray_address)
         try:
             manifest = out.open(plan)
             before = out.finished(manifest)
@@ -124,16 +154,27 @@ class BatchRun:
             out.forget(pending)
             self._done = len(before)
             self._total = len(manifest.partitions)
-            frozen, meta, learn_s = self._learned(out, manifest)
             sample = set(manifest.sample)
             rest = [p for p in pending if p.index not in sample]
-            t1 = time.perf_counter()
-            apply_items = self._apply(out, manifest, rest, frozen) if rest else 0
+            if start is not None and not rest:
+                start.close()
+                start = None
+            try:
+                frozen, meta, learn_s = self._learned(out, manifest)
+                t1 = time.perf_counter()
+                apply_items = self._apply(out, manifest, rest, frozen, start) if rest else 0
+            finally:
+                if start is not None:
+                    start.close()  # Ray's shutdown counts in the time at scale
+                    start = None
+                out.release_claims()
             apply_s = time.perf_counter() - t1 if rest else 0.0
             tallies = {p.index: read_tally(out.part_path(p)) for p in manifest.partitions}
             old = total(t for i, t in tallies.items() if i in before)
             scale = total(t for i, t in tallies.items() if i not in sample)
         finally:
+            if start is not None:
+                start.close()
             out.close()
         every = total(tallies.values())
         summary = self._summary(every, old, meta, time.perf_counter() - t0, bool(before))
@@ -147,6 +188,7 @@ class BatchRun:
             apply_items=apply_items,
             apply_s=apply_s,
             engine=self.engine,
+            local_items=self.local_items,
             at_scale=self._estimate(scale) if scale.counters.items else None,
         )
 
@@ -154,7 +196,8 @@ class BatchRun:
 
     def _read(self, manifest: Manifest, part: Partition) -> pa.Table:
         files = manifest.files
-        return read_partition(part, files[part.file], self.fields, len(files) > 1)
+        dups = set(manifest.duplicates.get(part.index, ()))
+        return read_partition(part, files[part.file], self.fields, len(files) > 1, dups)
 
     def _learned(self, out: OutDir, manifest: Manifest) -> tuple[bytes, dict[str, Any], float]:
         """The frozen cascade (saved, or learned now on the sample), what learning cost
@@ -214,7 +257,14 @@ class BatchRun:
 
     # -- at scale ------------------------------------------------------------------------------
 
-    def _apply(self, out: OutDir, manifest: Manifest, rest: list[Partition], frozen: bytes) -> int:
+    def _apply(
+        self,
+        out: OutDir,
+        manifest: Manifest,
+        rest: list[Partition],
+        frozen: bytes,
+        start: RayStart | None,
+    ) -> int:
         """Answer ``rest`` with the frozen cascade; write each partition once it is whole."""
         plan = self.plan
         spec = StepSpec(
@@ -223,100 +273,129 @@ class BatchRun:
             store=str(plan.store),
             config_path=str(plan.config_path) if plan.config_path else None,
         )
-        tables: Generator[pa.Table, None, None]
-        if plan.in_process:
-            tables = self._in_process(manifest, rest, spec)
-        else:
-            tables = self._on_ray(manifest, rest, spec)
-        try:
-            return self._collect(out, rest, tables)
-        finally:
-            tables.close()  # stops Ray now, not when the generator is collected
+        gather = _Gather(self, out, rest)
+        if start is None:
+            steps = self._steps(spec)
+            for part in rest:
+                gather.local(part, self._answer(manifest, part, steps))
+            return gather.finish()
+        return self._shared(out, manifest, rest, spec, start, gather)
 
-    def _in_process(
-        self, manifest: Manifest, rest: list[Partition], spec: StepSpec
-    ) -> Generator[pa.Table, None, None]:
+    def _steps(self, spec: StepSpec) -> list[Callable[[pa.Table], pa.Table]]:
+        """The frozen cascade's steps, built in this process."""
         n_cheap = len(self.plan.config.cheap)
         steps: list[Callable[[pa.Table], pa.Table]] = [CheapStep(spec, k) for k in range(n_cheap)]
         steps.append(ExpertStep(spec))
-        for part in rest:
-            table = self._read(manifest, part)
-            for step in steps:
-                table = step(table)
-            yield table
+        return steps
 
-    def _on_ray(
-        self, manifest: Manifest, rest: list[Partition], spec: StepSpec
-    ) -> Generator[pa.Table, None, None]:
+    def _answer(
+        self, manifest: Manifest, part: Partition, steps: list[Callable[[pa.Table], pa.Table]]
+    ) -> pa.Table:
+        table = self._read(manifest, part)
+        for step in steps:
+            table = step(table)
+        return table
+
+    def _shared(
+        self,
+        out: OutDir,
+        manifest: Manifest,
+        rest: list[Partition],
+        spec: StepSpec,
+        start: RayStart,
+        gather: _Gather,
+    ) -> int:
+        """Ray answers ``rest`` from the front, this process from the back.
+
+        While Ray starts, this process answers partitions itself, from the last one
+        back; once Ray is up, its pipeline gets the partitions not taken yet, in order,
+        and this process keeps taking them from the back whenever no answers from Ray
+        wait to be written. Whoever reads a partition first claims it (:func:`claim`),
+        the other skips it.
+        """
+        todo = deque(rest)
+        local = self.plan.local_share
+        steps = self._steps(spec) if local else None
+        feed: RayFeed | None = None
+        wanted = True  # Ray's pipeline, until this process would finish before it starts
+        spent, done_here = 0.0, 0  # seconds and partitions answered here
+        try:
+            while True:
+                if feed is None and wanted and start.ready() and local and done_here:
+                    # Ray's actors start about as slowly as Ray did (a busy machine)
+                    need = max(PIPELINE_START_S, start.startup_s)
+                    wanted = len(todo) * spent / done_here > need
+                if feed is None and not (local and todo):
+                    if local:  # this process answered everything while Ray started
+                        self.engine = "in-process (Ray not needed)"
+                        break
+                    start.wait()
+                if feed is None and wanted and start.ready():
+                    cpus = start.wait()
+                    self.engine = f"ray ({self.plan.ray_address or 'local'}, {cpus:g} CPUs)"
+                    feed = RayFeed(self._dataset(manifest, list(todo), spec, cpus, out))
+                if feed is not None:
+                    for table in feed.ready():
+                        gather.add(table)
+                    if feed.done and not (local and todo):
+                        break
+                # once Ray answers, its pipeline has the CPUs (and this process's GIL)
+                helping = feed is None or feed.done or not feed.answered or KEEP_HELPING
+                if steps is not None and todo and helping:
+                    part = todo.pop()
+                    if claim(str(out.path), part.index, self.session):
+                        t = time.perf_counter()
+                        gather.local(part, self._answer(manifest, part, steps))
+                        spent, done_here = spent + time.perf_counter() - t, done_here + 1
+                        self.local_items += gather.last_items
+                elif feed is not None and not feed.done:
+                    table = feed.next(timeout=0.5)
+                    if table is not None:
+                        gather.add(table)
+        finally:
+            if feed is not None:
+                feed.close()
+        return gather.finish()
+
+    def _dataset(
+        self, manifest: Manifest, parts: list[Partition], spec: StepSpec, cpus: float, out: OutDir
+    ) -> Any:
+        """The Ray Data pipeline over ``parts``: a read step, then a pool per stage."""
         import ray.data
         from ray.data import ActorPoolStrategy
 
         plan = self.plan
-        with ray_session(plan.ray_address) as cpus:
-            n_cheap = len(plan.config.cheap)
-            # every stage's pool (and the reads) must be able to start at once
-            actor_cpus = plan.actor_cpus or min(1.0, round(0.9 * cpus / (n_cheap + 2), 2))
-            most = plan.max_actors or max(1, int(cpus))
-            self.engine = f"ray ({plan.ray_address or 'local'}, {cpus:g} CPUs)"
-            pool: dict[str, Any] = {
-                "compute": ActorPoolStrategy(min_size=1, max_size=most),
-                "num_cpus": actor_cpus,
-                "batch_size": None,
-                "batch_format": "pyarrow",
-            }
-            ds: ray.data.Dataset = ray.data.from_items(
-                [{"part": p.index} for p in rest], override_num_blocks=len(rest)
-            )
-            ds = ds.map_batches(
-                read_rows,  # type: ignore[arg-type]  # its other arguments are fn_kwargs
-                fn_kwargs={
-                    "parts": {p.index: p for p in rest},
-                    "files": manifest.files,
-                    "fields": self.fields,
-                },
-                batch_size=1,
-                batch_format="pyarrow",
-                num_cpus=actor_cpus,  # as the stages ask: Ray fuses it into the first one
-            )
-            for k in range(n_cheap):
-                ds = ds.map_batches(CheapStep, fn_constructor_args=(spec, k), **pool)
-            ds = ds.map_batches(ExpertStep, fn_constructor_args=(spec,), **pool)
-            yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
-
-    def _collect(self, out: OutDir, rest: list[Partition], tables: Iterator[pa.Table]) -> int:
-        """Gather rows by partition; write each once it holds all its rows."""
-        import pyarrow as pa
-
-        by_index = {p.index: p for p in rest}
-        waiting: dict[int, list[pa.Table]] = {}
-        have: dict[int, int] = {}
-        written: set[int] = set()
-        items = 0
-        for table in tables:
-            if table.num_rows == 0:
-                continue
-            parts = column(table, "_part")
-            for i in np.unique(parts).tolist():
-                piece = table if parts[0] == parts[-1] == i else table.filter(parts == i)
-                if i not in by_index or i in written:
-                    raise ModelError(f"rows of partition {i} came back unasked or twice")
-                waiting.setdefault(i, []).append(piece)
-                have[i] = have.get(i, 0) + piece.num_rows
-                want = int(piece.column("_n")[0].as_py())
-                if have[i] < want:
-                    continue
-                if have[i] > want:
-                    raise ModelError(f"partition {i} came back with {have[i]} rows for {want}")
-                final = pa.concat_tables(waiting.pop(i))
-                items += final.column("reject").null_count  # the rest are rejects
-                self._write(out, by_index[i], final)
-                written.add(i)
-        if waiting:
-            raise ModelError(f"partitions {sorted(waiting)} came back incomplete")
-        for part in rest:  # no rows came back: nothing in its range (an empty file, say)
-            if part.index not in written:
-                self._write(out, part, make_table({}, FINAL))
-        return items
+        n_cheap = len(plan.config.cheap)
+        # every stage's pool (and the reads) must be able to start at once
+        actor_cpus = plan.actor_cpus or min(1.0, round(0.9 * cpus / (n_cheap + 2), 2))
+        most = plan.max_actors or max(1, int(cpus))
+        pool: dict[str, Any] = {
+            "compute": ActorPoolStrategy(min_size=1, max_size=most),
+            "num_cpus": actor_cpus,
+            "batch_size": None,
+            "batch_format": "pyarrow",
+        }
+        ours = [p.index for p in parts]
+        ds: ray.data.Dataset = ray.data.from_items(
+            [{"part": i} for i in ours], override_num_blocks=len(parts)
+        )
+        ds = ds.map_batches(
+            read_rows,  # type: ignore[arg-type]  # its other arguments are fn_kwargs
+            fn_kwargs={
+                "parts": {p.index: p for p in parts},
+                "files": manifest.files,
+                "fields": self.fields,
+                "outdir": str(out.path),
+                "session": self.session,
+                "duplicates": {i: manifest.duplicates[i] for i in ours if i in manifest.duplicates},
+            },
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=actor_cpus,  # as the stages ask: Ray fuses it into the first one
+        )
+        for k in range(n_cheap):
+            ds = ds.map_batches(CheapStep, fn_constructor_args=(spec, k), **pool)
+        return ds.map_batches(ExpertStep, fn_constructor_args=(spec,), **pool)
 
     # -- the summary ---------------------------------------------------------------------------
 
@@ -375,60 +454,89 @@ class BatchRun:
         )
 
 
+class _Gather:
+    """Rows by partition, from Ray or this process: each partition is written once it
+    holds all its rows, the first time only (a partition two workers answered: see
+    :func:`~tiered.runner.ray_plan.claim`)."""
+
+    def __init__(self, run: BatchRun, out: OutDir, parts: list[Partition]) -> None:
+        self.run = run
+        self.out = out
+        self.by_index = {p.index: p for p in parts}
+        self.waiting: dict[int, list[pa.Table]] = {}
+        self.have: dict[int, int] = {}
+        self.written: set[int] = set()
+        self.from_ray: set[int] = set()
+        self.items = 0
+        self.last_items = 0  # items of the partition written last
+
+    def add(self, table: pa.Table) -> None:
+        """Rows from Ray (of one or more partitions, maybe not all of their rows)."""
+        import pyarrow as pa
+
+        if table.num_rows == 0:
+            return
+        parts = column(table, "_part")
+        for i in np.unique(parts).tolist():
+            if i not in self.by_index or i in self.from_ray:
+                raise ModelError(f"rows of partition {i} came back unasked or twice")
+            if i in self.written:  # this process answered it too
+                continue
+            piece = table if parts[0] == parts[-1] == i else table.filter(parts == i)
+            self.waiting.setdefault(i, []).append(piece)
+            self.have[i] = self.have.get(i, 0) + piece.num_rows
+            want = int(piece.column("_n")[0].as_py())
+            if self.have[i] < want:
+                continue
+            if self.have[i] > want:
+                raise ModelError(f"partition {i} came back with {self.have[i]} rows for {want}")
+            self.from_ray.add(i)
+            self._write(self.by_index[i], pa.concat_tables(self.waiting.pop(i)))
+
+    def local(self, part: Partition, final: pa.Table) -> None:
+        """A partition answered in this process."""
+        self.last_items = 0
+        if part.index not in self.written:
+            self.waiting.pop(part.index, None)
+            self._write(part, final)
+
+    def _write(self, part: Partition, final: pa.Table) -> None:
+        self.last_items = final.column("reject").null_count  # the rest are rejects
+        self.items += self.last_items
+        self.run._write(self.out, part, final)
+        self.written.add(part.index)
+
+    def finish(self) -> int:
+        """Every partition written (those no rows came back for: nothing in their range,
+        an empty file say); the items answered."""
+        if self.waiting:
+            raise ModelError(f"partitions {sorted(self.waiting)} came back incomplete")
+        for part in self.by_index.values():
+            if part.index not in self.written:
+                self._write(part, make_table({}, FINAL))
+        return self.items
+
+
 def read_rows(
-    batch: pa.Table, parts: dict[int, Partition], files: list[InputFile], fields: FieldMap
+    batch: pa.Table,
+    parts: dict[int, Partition],
+    files: list[InputFile],
+    fields: FieldMap,
+    outdir: str,
+    session: str,
+    duplicates: dict[int, list[int]],
 ) -> pa.Table:
-    """Ray's read step: the records of the partitions named in ``batch``."""
+    """Ray's read step: the records of the partitions named in ``batch`` that nobody
+    claimed before (:func:`~tiered.runner.ray_plan.claim`)."""
     import pyarrow as pa
 
+    many = len(files) > 1
     tables = [
-        read_partition(parts[i], files[parts[i].file], fields, len(files) > 1)
+        read_partition(parts[i], files[parts[i].file], fields, many, set(duplicates.get(i, ())))
         for i in batch.column("part").to_pylist()
+        if claim(outdir, i, session)
     ]
-    return pa.concat_tables(tables)
+    return pa.concat_tables(tables) if tables else make_table({}, COLUMNS)
 
 
-@contextmanager
-def ray_session(address: str | None) -> Iterator[float]:
-    """Ray for one run, and the CPUs it has: a local Ray started here (stopped at the end)
-    when ``address`` is None, else the cluster at ``address`` (``auto``, ``ray://...``)."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise ConfigError(
-            "tiered batch runs on Ray: pip install 'tiered[ray]' (or pass --in-process)",
-            field="--ray",
-        ) from exc
-    import ray.data
-
-    if ray.is_initialized():  # the caller's own session: use it, leave it running
-        yield _cpus(ray)
-        return
-    quiet: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": False,
-        "logging_level": logging.ERROR,
-    }
-    try:
-        if address is None:
-            ray.init(num_cpus=os.cpu_count() or 1, **quiet)
-        else:
-            ray.init(address=address, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ConfigError(f"cannot reach Ray at {address}: {exc}", field="--ray") from exc
-    try:
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        yield _cpus(ray)
-    finally:
-        ray.shutdown()
-
-
-def _cpus(ray: Any) -> float:
-    """The CPUs of the Ray session (Ray's own function is untyped)."""
-    resources: dict[str, float] = ray.cluster_resources()
-    return float(resources.get("CPU", 1))
-
-
-__all__ = ["BatchResult", "BatchRun", "PartitionDone", "ray_session", "read_rows"]
+__all__ = ["BatchResult", "BatchRun", "PartitionDone", "read_rows"]

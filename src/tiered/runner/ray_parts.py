@@ -16,7 +16,7 @@ in the file's metadata, so a resumed run adds them up without reading the answer
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tiered.core.items import Item
-from tiered.errors import StoreError
+from tiered.errors import DataError, StoreError
 from tiered.io.sources import FieldMap, open_source
 from tiered.online.fleet import tally_row
 from tiered.runner.counters import RunCounters
@@ -79,11 +79,19 @@ def make_table(cols: Mapping[str, Sequence[Any] | np.ndarray], names: Sequence[s
     return pa.Table.from_arrays(arrays, names=list(names))
 
 
-def read_partition(part: Partition, f: InputFile, fields: FieldMap, prefix_ids: bool) -> pa.Table:
+def read_partition(
+    part: Partition,
+    f: InputFile,
+    fields: FieldMap,
+    prefix_ids: bool,
+    duplicates: Collection[int] = (),
+) -> pa.Table:
     """The records of one partition (items and rejects), every column of :data:`COLUMNS`.
 
     ``prefix_ids``: ids that are line or row numbers get the file's name in front
-    (``sub/a.jsonl:7``), unique over a folder of files.
+    (``sub/a.jsonl:7``), unique over a folder of files. ``duplicates``: the offsets of
+    records whose id an earlier record had (:func:`~tiered.runner.ray_plan.find_duplicates`),
+    rejected.
     """
     source = open_source(f.path, fields, format=f.format)
     limit = None if part.end is None else part.end - part.start
@@ -98,6 +106,13 @@ def read_partition(part: Partition, f: InputFile, fields: FieldMap, prefix_ids: 
     for b in source.batches(start=part.start, batch_size=4096, max_records=limit):
         for it, off, g in zip(b.items, b.offsets, b.gold, strict=True):
             offsets.append(off)
+            if duplicates and off in duplicates:
+                ids.append(None)
+                texts.append(None)
+                extra.append(None)
+                gold.append(None)
+                rejects.append(dumps(_duplicate(it, off, f, fields), ensure_ascii=False))
+                continue
             ids.append(prefix + it.id)
             texts.append(it.text)
             extra.append(dumps(it.fields, ensure_ascii=False, default=str) if it.fields else None)
@@ -126,6 +141,22 @@ def read_partition(part: Partition, f: InputFile, fields: FieldMap, prefix_ids: 
         "_xcost": np.full(n, np.nan),  # NaN: the expert was not called
     }
     return make_table(cols, COLUMNS)
+
+
+def _duplicate(item: Item, offset: int, f: InputFile, fields: FieldMap) -> dict[str, Any]:
+    """The reject of a record whose id an earlier record had (as ``tiered run`` writes it;
+    the record as read, for its raw text)."""
+    idf = fields.id_field
+    line = offset + 1 if f.format == "jsonl" else None  # CSV: a cell may span lines
+    why = f"duplicate id {item.id!r}: an earlier record has it (each id is answered once)"
+    record: dict[str, Any] = {str(idf): item.id, fields.text_field: item.text, **item.fields}
+    return {
+        "offset": offset,
+        "line": line,
+        "field": idf,
+        "reason": str(DataError(why, path=f.name, line=line, field=idf)),
+        "raw": json.dumps(record, ensure_ascii=False, default=str),
+    }
 
 
 def items_of(table: pa.Table, rows: np.ndarray) -> list[Item]:

@@ -11,18 +11,21 @@ into place (atomic), which marks the partition done.
 OUTDIR also holds:
 
 - ``_batch.json``: the manifest (config hash, input files with their sizes and modified
-  times, partitions, the learning sample). A re-run with other ones is refused; pass
-  ``--fresh`` to start over (it deletes tiered's own files in OUTDIR, nothing else).
+  times, partitions, the learning sample, the records whose id an earlier one had). A
+  re-run with other ones is refused; pass ``--fresh`` to start over (it deletes tiered's
+  own files in OUTDIR, nothing else).
 - ``_learned.tiered``: the frozen cascade learned on the sample (arrays + JSON,
   :mod:`tiered.store.state`), written after the sample's partitions.
 - ``rejects/part-NNNNNN.jsonl``: the records of a partition that could not be read,
   written before the partition's Parquet file.
 - ``_batch.lock``: held while a run works on OUTDIR (a second run is refused).
+- ``.part-NNNNNN.*.claim``: while a run works, who answers the partition (:func:`claim`).
 - ``_tiered.sqlite``: the LLM stages' response cache (a re-run does not pay twice).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from collections.abc import Iterator
@@ -30,11 +33,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import numpy as np
+
 from tiered.errors import ConfigError, DataError, StoreError
 from tiered.io.sources import FORMATS, detect_format
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from tiered.config.run import RunConfig
+    from tiered.io.sources import FieldMap
 
 MANIFEST = "_batch.json"
 LEARNED = "_learned.tiered"
@@ -55,6 +63,8 @@ class BatchPlan:
     same steps run one after the other in this process (small inputs, comparisons).
     ``actor_cpus``: CPUs each stage's actor asks Ray for (None: what fits the cluster);
     ``max_actors``: the most actors per stage (None: as many as the CPUs allow).
+    ``local_share``: this process answers partitions too, from the last one back, while
+    Ray starts and whenever it has no answers from Ray to write (False: Ray answers all).
     """
 
     config: RunConfig
@@ -69,6 +79,7 @@ class BatchPlan:
     in_process: bool = False
     actor_cpus: float | None = None
     max_actors: int | None = None
+    local_share: bool = True
     throttle_s: float = 0.0
 
     @property
@@ -135,6 +146,8 @@ class Manifest:
     files: list[InputFile]
     partitions: list[Partition]
     sample: list[int]  # the partitions the cascade learns on, in order
+    # offsets, by partition, of records whose id an earlier record of the input had
+    duplicates: dict[int, list[int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -146,6 +159,7 @@ class Manifest:
             "files": [asdict(f) for f in self.files],
             "partitions": [p.to_json() for p in self.partitions],
             "sample": self.sample,
+            "duplicates": {str(k): v for k, v in self.duplicates.items()},
         }
 
     @classmethod
@@ -160,6 +174,9 @@ class Manifest:
                 files=[InputFile(**f) for f in data["files"]],
                 partitions=[Partition(i, *p) for i, p in enumerate(data["partitions"])],
                 sample=[int(i) for i in data["sample"]],
+                duplicates={
+                    int(k): [int(o) for o in v] for k, v in data.get("duplicates", {}).items()
+                },
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(
@@ -261,8 +278,88 @@ def choose_sample(parts: list[Partition], per_part: int, learn: int) -> list[int
     return [int((i + 0.5) * len(parts) / k) for i in range(k)]
 
 
+def find_duplicates(
+    files: list[InputFile], parts: list[Partition], fields: FieldMap
+) -> dict[int, list[int]]:
+    """Offsets, by partition, of the records whose id an earlier record had (in input
+    order, over every file): they are rejected, as ``tiered run`` does, wherever they are
+    answered. Only with an id field: line and row numbers are unique anyway."""
+    if fields.id_field is None or _all_distinct(files, fields.id_field):
+        return {}
+    from tiered.io.seen_ids import SeenIds
+    from tiered.io.sources import open_source
+
+    seen = SeenIds()
+    found: dict[int, list[int]] = {}
+    by_file: dict[int, list[Partition]] = {}
+    for p in parts:
+        by_file.setdefault(p.file, []).append(p)
+    for i, f in enumerate(files):
+        starts = [p.start for p in by_file.get(i, [])]
+        for b in open_source(f.path, fields, format=f.format).batches(batch_size=8192):
+            dup = seen.add([it.id for it in b.items])
+            for k in np.flatnonzero(dup).tolist():
+                offset = b.offsets[k]
+                part = by_file[i][bisect.bisect_right(starts, offset) - 1]
+                found.setdefault(part.index, []).append(offset)
+    return found
+
+
+def _all_distinct(files: list[InputFile], id_field: str) -> bool:
+    """Whether the ids of every file are all different, read fast by Arrow (False: some
+    repeat, or Arrow cannot tell: the records are then read one by one)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        ids = pa.chunked_array(
+            [c for f in files for c in _id_column(f, id_field).chunks], pa.string()
+        )
+    except (OSError, KeyError, pa.ArrowException):
+        return False
+    return int(pc.count_distinct(ids).as_py()) == int(pc.count(ids).as_py())
+
+
+def _id_column(f: InputFile, id_field: str) -> pa.ChunkedArray:
+    """The id column of a file, as strings (ints as ``tiered run`` reads them)."""
+    import pyarrow as pa
+
+    if f.format == "parquet":
+        import pyarrow.parquet as pq
+
+        col = pq.read_table(f.path, columns=[id_field]).column(id_field)
+    elif f.format == "csv":
+        import pyarrow.csv as pcsv
+
+        conv = pcsv.ConvertOptions(include_columns=[id_field], column_types={id_field: pa.string()})
+        parse = pcsv.ParseOptions(newlines_in_values=True)
+        col = pcsv.read_csv(f.path, parse_options=parse, convert_options=conv).column(id_field)
+    else:
+        import pyarrow.json as pj
+
+        col = None
+        for kind in (pa.string(), pa.int64()):  # a column of either kind, not mixed
+            parse = pj.ParseOptions(
+                explicit_schema=pa.schema([(id_field, kind)]), unexpected_field_behavior="ignore"
+            )
+            try:
+                with pa.input_stream(f.path, compression="detect") as stream:
+                    col = pj.read_json(stream, parse_options=parse).column(id_field)
+                break
+            except pa.ArrowInvalid:
+                continue
+        if col is None:
+            raise KeyError(id_field)
+    if not (pa.types.is_string(col.type) or pa.types.is_integer(col.type)):
+        raise KeyError(id_field)  # what tiered reads as no id (a float, say): one by one
+    return col.cast(pa.string())
+
+
 def make_manifest(plan: BatchPlan, files: list[InputFile]) -> Manifest:
-    """The manifest of a new run: ``files`` cut into partitions, the sample chosen."""
+    """The manifest of a new run: ``files`` cut into partitions, the sample chosen, the
+    duplicate ids found."""
+    from tiered.runner.files import field_map
+
     parts = cut(files, plan.partition_records)
     return Manifest(
         config_hash=plan.config.identity_hash(),
@@ -271,6 +368,7 @@ def make_manifest(plan: BatchPlan, files: list[InputFile]) -> Manifest:
         files=files,
         partitions=parts,
         sample=choose_sample(parts, plan.partition_records, plan.learn_records),
+        duplicates=find_duplicates(files, parts, field_map(plan.config.input)),
     )
 
 
@@ -332,7 +430,8 @@ class OutDir:
 
     def _ours(self) -> Iterator[Path]:
         """Every file tiered writes in OUTDIR (temporary ones too), the lock excepted."""
-        for pattern in ("part-*.parquet", ".part-*.tmp", f".{LEARNED}.tmp", f".{MANIFEST}.tmp"):
+        patterns = ("part-*.parquet", ".part-*.tmp", ".part-*.claim", f".{LEARNED}.tmp")
+        for pattern in (*patterns, f".{MANIFEST}.tmp"):
             yield from self.path.glob(pattern)
         yield from (self.path / REJECTS).glob("*part-*")
         for name in (LEARNED, MANIFEST, STORE, f"{STORE}-wal", f"{STORE}-shm"):
@@ -359,6 +458,7 @@ class OutDir:
                 )
             for tmp in [*self.path.glob(".*.tmp"), *(self.path / REJECTS).glob(".*.tmp")]:
                 tmp.unlink()
+            self.release_claims()
             return saved
         if any(self.path.glob("part-*.parquet")):
             raise ConfigError(
@@ -370,6 +470,11 @@ class OutDir:
         write_atomic(saved_path, lambda p: p.write_text(text, "utf-8"))
         return manifest
 
+    def release_claims(self) -> None:
+        """Forget who answers which partition (:func:`claim`): a run's claims die with it."""
+        for p in self.path.glob(".part-*.claim"):
+            p.unlink(missing_ok=True)
+
     def finished(self, manifest: Manifest) -> set[int]:
         return {p.index for p in manifest.partitions if self.part_path(p).exists()}
 
@@ -379,6 +484,25 @@ class OutDir:
         for p in parts:
             self.rejects_path(p).unlink(missing_ok=True)
             self.part_path(p).unlink(missing_ok=True)
+
+
+def claim(outdir: str, index: int, session: str) -> bool:
+    """Take partition ``index`` of the run writing ``outdir`` to answer it: True for the
+    first to ask, False for everyone after (a file created exclusively in ``outdir``, named
+    for the run's ``session``: another run's claim never counts).
+
+    This process and Ray's workers share the partitions this way. A worker on a node that
+    cannot see ``outdir`` takes every partition it asks for: a partition may then be
+    answered twice, and the run writes the first answers it gets (they are the same).
+    """
+    path = os.path.join(outdir, f".part-{index:06d}.{session}.claim")
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _difference(saved: Manifest, plan: BatchPlan, files: list[InputFile]) -> str | None:
@@ -402,8 +526,10 @@ __all__ = [
     "OutDir",
     "Partition",
     "choose_sample",
+    "claim",
     "count_records",
     "cut",
+    "find_duplicates",
     "input_files",
     "make_batch_plan",
     "make_manifest",
