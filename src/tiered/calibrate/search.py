@@ -17,7 +17,9 @@ all completions into the pool, and keeps for the next round:
 A move may also be a pair "run model g without accepting anything, then model h accepting
 when it agrees with g" (a ``never`` stage): the two-model consistency check that makes
 logs without any confidence signal cascadable. The frontier's thresholds are then refined
-locally, and every frontier cascade is re-evaluated with the engine's own rules.
+locally, one threshold per stage is scored on a dense grid for every sub-cascade
+(:mod:`tiered.calibrate.dense`), and every frontier cascade is re-evaluated with the engine's
+own rules.
 
 The pool keeps the Pareto set of every *structure* (the models, in order, and the rule
 family of each stage), not only the global frontier: cross-validation compares structures
@@ -32,14 +34,13 @@ from typing import Literal
 
 import numpy as np
 
-from tiered.calibrate.evaluate import StageRef, evaluate_stages
+from tiered.calibrate.cascades import Config, Step, Structure
+from tiered.calibrate.evaluate import evaluate_stages
 from tiered.calibrate.families import Candidate, RuleFamily, default_families, never_candidate
-from tiered.core.rules import Always
 from tiered.errors import ConfigError
 from tiered.replay.view import LogView
 
 # A cascade's structure: (model, rule family) per non-final stage, then (final model, "").
-Structure = tuple[tuple[int, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class SearchSettings:
     order: Literal["cost", "any"] = "cost"  # cheap -> expensive, or any order
     refine_rounds: int = 2
     never_moves: bool = True  # try "run g silently, accept h when it agrees with g"
+    dense_grid: bool = True  # also one threshold per stage on every sub-cascade (dense.py)
 
     def __post_init__(self) -> None:
         if (
@@ -69,42 +71,6 @@ class SearchSettings:
                 f"The 'order' parameter must be 'cost' or 'any'. Got {self.order!r} instead.",
                 field="order",
             )
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """A non-final stage: a model (log column) and its rule."""
-
-    model: int
-    cand: Candidate
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Config:
-    """A cascade: non-final steps, then the final model that answers the rest."""
-
-    steps: tuple[Step, ...]
-    final: int
-
-    @property
-    def models(self) -> tuple[int, ...]:
-        return (*(s.model for s in self.steps), self.final)
-
-    @property
-    def key(self) -> tuple[object, ...]:
-        return (*((s.model, s.cand.key) for s in self.steps), self.final)
-
-    @property
-    def structure(self) -> Structure:
-        return (*((s.model, s.cand.family) for s in self.steps), (self.final, ""))
-
-    def stage_refs(self, names: Sequence[str]) -> list[StageRef]:
-        refs = [StageRef(names[s.model], s.model, s.cand.rule) for s in self.steps]
-        refs.append(StageRef(names[self.final], self.final, Always()))
-        return refs
-
-    def families(self) -> list[str]:
-        return [s.cand.family for s in self.steps]
 
 
 @dataclass(slots=True)
@@ -543,6 +509,10 @@ class _Search:
             partials = self.expand(partials)
             rounds += 1
         self.refine()
+        if self.settings.dense_grid:  # after refining: its thresholds are fine already
+            from tiered.calibrate.dense import add_dense_grid
+
+            add_dense_grid(self)
         return self._result(rounds)
 
     def _result(self, rounds: int) -> SearchResult:
