@@ -39,6 +39,13 @@ label) would need with a hindsight-optimal threshold: a bound no cascade with th
 can beat (with ``--static``, for the hashed + static stage too). Items/s are given by
 wall clock and by process CPU time (the machine may be shared; CPU time is the steadier
 figure).
+
+A second table says where each online row's expert calls go: warm-up and exploration,
+audits, deferrals; and the *learner floor*, the hindsight floor of the first cheap
+stage's own answers as it learned in the run (from the labels the cascade got, not from
+every label). Learner floor minus the supervised floor is what learning from fewer
+labels costs; deferrals plus warm-up minus the learner floor is what the deferral head
+and the controller cost.
 """
 
 from __future__ import annotations
@@ -53,12 +60,12 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from tiered.core import FixedCost, Item, Stage
+from tiered.core import AnswerBatch, FixedCost, Item, Stage
 from tiered.models._linear import LinearHeadModel
 from tiered.models.hashed_ngram import HashedNgramModel
 from tiered.models.hashed_static import HashedStaticModel
@@ -170,6 +177,44 @@ class Result:
     # what the cascade costs once it has learned
     late_calls: float = 1.0
     late_agreement: float = 1.0
+    forced: float = 0.0  # share of items sent up by warm-up or exploration
+    audits: float = 0.0  # share of items audited
+    deferred: float = 0.0  # share of items a cheap stage deferred (not forced, not audited)
+    learner_floor: float = math.nan  # hindsight floor of the first cheap stage's answers
+
+
+class Recording:
+    """A cheap stage's model that records the first answer it gave each item (its label
+    and top probability), for the learner floor."""
+
+    def __init__(self, model: LinearHeadModel) -> None:
+        self.model = model
+        self.first: dict[str, tuple[str | None, float]] = {}
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.model, name)
+
+    def predict(self, items: list[Item]) -> AnswerBatch:
+        a = self.model.predict(items)
+        top = a.probs.max(axis=1) if a.probs is not None and a.probs.shape[1] else None
+        for j, (item, label) in enumerate(zip(items, a.labels, strict=True)):
+            if item.id not in self.first:
+                ok = label is not None and top is not None
+                self.first[item.id] = (label, float(top[j]) if ok else -1.0)
+        return a
+
+    def learn(self, items: list[Item], labels: list[str | None]) -> None:
+        self.model.learn(items, labels)
+
+
+def hindsight_share(confidence: np.ndarray, right: np.ndarray, target: float) -> float:
+    """Smallest share of items to defer (least confident first) so the agreement of the
+    stream, deferred items agreeing for sure, reaches ``target``."""
+    order = np.argsort(-confidence, kind="stable")
+    n = len(confidence)
+    # answering the k most confident items: agreement = (n - k + right among them) / n
+    agreement = (n - np.arange(n + 1) + np.concatenate([[0.0], np.cumsum(right[order])])) / n
+    return 1.0 - float(np.flatnonzero(agreement >= target).max()) / n
 
 
 def run_online(
@@ -181,7 +226,12 @@ def run_online(
 ) -> Result:
     items = make_items(rows, embeddings)
     gold = np.array([y for _, _, y in rows], dtype=object)
-    oc = OnlineCascade(stages(), expert_stage(), config, seed=seed)
+    cheap = stages()
+    first = cheap[0].model
+    recording = Recording(first) if isinstance(first, LinearHeadModel) else None
+    if recording is not None:
+        cheap[0] = replace(cheap[0], model=recording)
+    oc = OnlineCascade(cheap, expert_stage(), config, seed=seed)
     bs = config.batch_size
     t0, c0 = time.perf_counter(), time.process_time()
     decisions = []
@@ -193,6 +243,12 @@ def run_online(
     expert = np.array([it.fields["label"] for it in items], dtype=object)
     called = np.array([d.expert_label is not None for d in decisions])
     late = slice(len(items) // 2, None)
+    learner_floor = math.nan
+    if recording is not None and config.target_agreement is not None:
+        seen = [recording.first[it.id] for it in items]
+        right = np.array([y == g for (y, _), g in zip(seen, gold, strict=True)], dtype=float)
+        confidence = np.array([c for _, c in seen])
+        learner_floor = hindsight_share(confidence, right, config.target_agreement)
     return Result(
         calls=st.expert_share,
         answers=st.stage_share["expert"],
@@ -206,6 +262,14 @@ def run_online(
         items_per_cpu_s=len(items) / max(cpu, 1e-9),
         late_calls=float(called[late].mean()),
         late_agreement=float(np.mean(labels[late] == expert[late])),
+        forced=float(np.mean([d.explored for d in decisions])),
+        audits=float(np.mean([d.audited for d in decisions])),
+        deferred=float(
+            np.mean(
+                [d.stage_index == len(cheap) and not (d.audited or d.explored) for d in decisions]
+            )
+        ),
+        learner_floor=learner_floor,
     )
 
 
@@ -310,11 +374,7 @@ def supervised_floor(
         labels = [str(y) for y in gold[i : i + len(batch)]] + [str(gold[j]) for j in old]
         model.learn(batch + [items[j] for j in old], labels)
     c, r = np.concatenate(conf), np.concatenate(right).astype(float)
-    order = np.argsort(-c, kind="stable")
-    n = len(c)
-    # answering the k most confident items: agreement = (n - k + right among them) / n
-    agreement = (n - np.arange(n + 1) + np.concatenate([[0.0], np.cumsum(r[order])])) / n
-    return [1.0 - np.flatnonzero(agreement >= t).max() / n for t in targets]
+    return [hindsight_share(c, r, t) for t in targets]
 
 
 def pct(x: float) -> str:
@@ -333,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--targets", type=float, nargs="+", default=[0.90, 0.93, 0.96, 0.98])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--control", choices=["estimate", "lower_bound"], default="estimate")
+    ap.add_argument("--control", choices=["anytime", "estimate", "lower_bound"], default="estimate")
     ap.add_argument("--audit-rate", type=float, default=OnlineConfig().audit_rate)
     ap.add_argument("--no-baseline", action="store_true", help="skip the fixed-threshold search")
     ap.add_argument(
@@ -363,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [header, "|" + "---|" * 11]
     speed_lines: list[str] = []
     floor_lines: list[str] = []
+    gap_lines: list[str] = []
     for name, rows in datasets.items():
         print(f"{name}: {len(rows)} items", file=sys.stderr)
         base = run_expert_only(rows, args.batch_size)
@@ -418,6 +479,14 @@ def main(argv: list[str] | None = None) -> None:
                     f"| {pct(statistics.mean(r.late_calls for r in runs))} / "
                     f"{statistics.mean(r.late_agreement for r in runs):.4f} |"
                 )
+                gap_lines.append(
+                    f"| {name} | {policy} | {target} "
+                    f"| {pct(statistics.mean(r.calls for r in runs))} "
+                    f"| {pct(statistics.mean(r.forced for r in runs))} "
+                    f"| {pct(statistics.mean(r.audits for r in runs))} "
+                    f"| {pct(statistics.mean(r.deferred for r in runs))} "
+                    f"| {pct(statistics.mean(r.learner_floor for r in runs))} |"
+                )
                 if policy == cascades[0][0]:
                     agree = statistics.mean(r.agreement for r in runs)
             if not args.no_baseline:
@@ -439,7 +508,19 @@ def main(argv: list[str] | None = None) -> None:
                 floor_lines.append(
                     f"| {name} | {stage} | " + " | ".join(pct(x) for x in shares) + " |"
                 )
+    print(f"Control: {args.control}, audit rate {args.audit_rate:g}.")
     print("\n".join(lines))
+    print()
+    print(
+        "Where the expert calls go (mean over seeds; the learner floor is the hindsight "
+        "floor of the first cheap stage's answers as it learned online):"
+    )
+    print(
+        "| dataset | policy | target | expert calls | warm-up + exploration | audits "
+        "| deferred | learner floor |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(gap_lines))
     if floor_lines:
         print()
         print(
