@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/scale.py --part overhead --items 20000
     .venv/bin/python benchmarks/scale.py --part fleet --seeds 2
     .venv/bin/python benchmarks/scale.py --part ray --items 200000 --embedding static_embedding
-    .venv/bin/python benchmarks/scale.py --part ray --items 20000 --embedding embedding
+    .venv/bin/python benchmarks/scale.py --part ray --items 200000 --stage embedding
+    .venv/bin/python benchmarks/scale.py --part ray --items 40000 --stage embedding --distinct
 
 The Redis parts start their own redis-server on loopback
 (:mod:`tiered.testing.redis_server`) and run real ``tiered run`` worker processes (one
@@ -22,21 +23,25 @@ consumer group, one output stream).
   Lua step), share the expert labels; milliseconds per item. Target: < 0.5 ms.
 - **fleet**: HEADLINES (``../shared/data/text/headlines_{train,test}.jsonl``, 10k gold
   price headlines, the label column as expert), hashed n-gram stage, target agreement
-  0.96: one worker, then three on the same stream. Printed: the true agreement of the
-  output with the expert on every item, the expert share, and the fleet's own estimate
-  with its 95% interval, from the shared counters every worker steers by.
-- **ray**: ``tiered batch`` on HEADLINES repeated to ``--items`` records, a hashed n-gram
-  stage then an embedding stage (``embedding``: MiniLM; ``static_embedding``: MiniLM
-  distilled to a token table) in front of the label column. The cascade learns on
-  ``--learn`` records in one process and is frozen, then answers the rest. Three engines,
-  side by side in each of ``--repeats`` rounds, every run from scratch: one process
-  (``--in-process``); a local Ray started in the background while the cascade learns,
-  this process answering partitions from the back meanwhile (the default); Ray alone
-  (``--ray-only``). Printed: items/s over the whole run (learning, Ray's start and stop
-  included) and at scale (after learning), medians over the rounds with the ratio to
-  one process and its spread, the steady rate (first to last partition written at
-  scale), the share this process answered, and whether every run wrote the same answers;
-  ``tiered run`` (one process, learning all along) for reference.
+  0.96: one worker, then three on the same stream, for each seed. Printed: the true
+  agreement of the output with the expert on every item, the expert share split into
+  warm-up + exploration, audits and deferrals, and the fleet's own estimate with its 95%
+  interval, from the shared counters every worker steers by.
+- **ray**: ``tiered batch`` on HEADLINES repeated to ``--items`` records, a hashed
+  n-gram stage then an embedding stage (``--stage embedding``: the MiniLM transformer;
+  ``static_embedding``: MiniLM distilled to a token table) in front of the label column.
+  HEADLINES has 10k texts, and a stage keeps the embeddings of 10k texts, so repeats
+  cost the transformer nothing: ``--distinct`` makes every text distinct (a repeat's
+  texts end in its number), and the transformer encodes every item it is asked about.
+  The cascade learns on ``--learn`` records in one process and is frozen, then answers
+  the rest. Three engines, side by side in each of ``--repeats`` rounds, every run from
+  scratch: one process (``--in-process``); a local Ray started in the background while
+  the cascade learns, this process answering partitions from the back meanwhile (the
+  default); Ray alone (``--ray-only``). Printed: items/s over the whole run (learning,
+  Ray's start and stop included) and at scale (after learning), medians over the rounds
+  with the ratio to one process and its spread, the steady rate (first to last partition
+  written at scale), the share this process answered, and whether every run wrote the
+  same answers; ``tiered run`` (one process, learning all along) for reference.
   Target: Ray >= 0.9 x one process over the whole run.
 
 The machine may be shared: rates are wall clock, so run it on an idle machine to compare.
@@ -59,6 +64,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import redis
 
 from tiered.core import Item
@@ -135,10 +141,11 @@ def add(r: redis.Redis, records: Sequence[dict[str, str]]) -> None:
 
 def run_fleet(
     config: str, records: Sequence[dict[str, str]], n: int
-) -> tuple[float, list[dict[str, Any]], dict[str, int]]:
+) -> tuple[float, list[dict[str, Any]], dict[str, int], list[dict[str, Any]]]:
     """``n`` workers with ``config`` on a fresh Redis: start them, wait until all joined,
     add ``records``, wait for every answer. Returns (seconds from the records added to the
-    last answer, the output rows, the fleet's shared counters)."""
+    last answer, the output rows, the fleet's shared counters, each worker's own learner
+    counters from its last checkpoint)."""
     with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "run.yaml"
         cfg.write_text(config)
@@ -154,7 +161,20 @@ def run_fleet(
         rows = [decode_output_entry(f) for _, f in r.xrange("out")]
         counts = {k: int(v) for k, v in r.hgetall("out:fleet").items()}
         r.close()
-    return wall, rows, counts
+        workers = [own_counters(p) for p in sorted(Path(tmp).glob("*.tiered.sqlite"))]
+    return wall, rows, counts, workers
+
+
+def own_counters(store: Path) -> dict[str, Any]:
+    """A worker's own learner counters (items, expert calls, warm-up + exploration)."""
+    from tiered.store.runs import RunStore
+
+    st = RunStore(store)
+    try:
+        cp = st.latest()
+    finally:
+        st.close()
+    return dict(cp.learner["counters"]) if cp is not None and cp.learner else {}
 
 
 # -- scaling ----------------------------------------------------------------------------------
@@ -188,7 +208,7 @@ def scaling(workers: Sequence[int], n_items: int) -> None:
             "batch_size: 32\n"
         )
         for n in workers:
-            wall, _, _ = run_fleet(config, synthetic(n_items), n)
+            wall, _, _, _ = run_fleet(config, synthetic(n_items), n)
             rate = n_items / wall
             base = base or rate
             ratio = rate / base
@@ -200,6 +220,8 @@ def scaling(workers: Sequence[int], n_items: int) -> None:
 
 
 class _NoLearning:
+    position = 0
+
     def learn_labels(self, items: Sequence[Item], labels: Sequence[str]) -> None:
         """Only the Redis traffic of sharing labels is measured."""
 
@@ -241,13 +263,16 @@ def overhead(n_items: int, batch_size: int = 256) -> None:
                              d.expert_label, d.cheap_label)
                 for d in decisions
             ]  # fmt: skip
+            t0 = time.perf_counter()
+            fleet.claim(len(batch.items))  # as the cascade does before a batch
+            fleet.shared(batch.items, decisions, np.ones(len(decisions)))  # type: ignore[arg-type]
             t1 = time.perf_counter()
             sink.write(rows, batch.end)
             t2 = time.perf_counter()
             fleet.after_batch(batch.items, decisions)  # type: ignore[arg-type]
             t = time.perf_counter()
             timing["write"] += t2 - t1
-            timing["share"] += t - t2
+            timing["share"] += t - t2 + t1 - t0
         assert r.xlen("out") == n_items and r.xpending("in", "g")["pending"] == 0
         r.close()
         raw.close()
@@ -282,7 +307,7 @@ def fleet_run(records: list[dict[str, str]], n: int, seed: int, target: float) -
         f"online: {{target_agreement: {target}}}\n"
         f"seed: {seed}\n"
     )
-    wall, rows, counts = run_fleet(config, records, n)
+    wall, rows, counts, workers = run_fleet(config, records, n)
     n_expert = counts.get("stage:expert", 0)
     n_all = sum(v for k, v in counts.items() if k.startswith("stage:"))
     est = estimate_agreement(
@@ -293,9 +318,14 @@ def fleet_run(records: list[dict[str, str]], n: int, seed: int, target: float) -
         confidence=0.95,
         method="wilson",
     )
+    forced = sum(int(w.get("explored", 0)) for w in workers)  # warm-up + exploration
+    audits = counts.get("audits", 0)
     return {
         "true": statistics.fmean(row["label"] == truth[row["id"]] for row in rows),
         "share": counts.get("called", 0) / len(rows),
+        "forced": forced / len(rows),
+        "audits": audits / len(rows),
+        "deferred": (counts.get("called", 0) - audits - forced) / len(rows),
         "estimate": est.agreement,
         "low": est.low,
         "high": est.high,
@@ -305,37 +335,49 @@ def fleet_run(records: list[dict[str, str]], n: int, seed: int, target: float) -
 
 def fleet(seeds: int, target: float) -> None:
     records = headlines()
-    print(f"\nfleet: HEADLINES, {len(records):,} headlines, target {target}, {seeds} seed(s)")
     print(
-        f"{'workers':>8} {'seed':>5} {'true agr.':>10} {'expert share':>13} "
-        f"{'fleet estimate [95% interval]':>31} {'items/s':>8}"
+        f"\nfleet: HEADLINES, {len(records):,} headlines, target {target}, {seeds} seed(s), "
+        "control anytime (the default: 10% audits)"
     )
-    for n in (1, 3):
-        got = []
-        for seed in range(seeds):
+    print(
+        f"{'workers':>8} {'seed':>5} {'true agr.':>10} {'expert share':>13} {'= forced':>9} "
+        f"{'+ audits':>9} {'+ deferred':>11} {'fleet estimate [95% interval]':>31} "
+        f"{'items/s':>8} {'load':>5}"
+    )
+    got: dict[int, list[dict[str, Any]]] = {1: [], 3: []}
+    for seed in range(seeds):
+        for n in (1, 3):  # side by side: the machine's load changes over time
             m = fleet_run(records, n, seed, target)
-            got.append(m)
+            got[n].append(m)
             interval = f"{m['estimate']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
             print(
-                f"{n:>8} {seed:>5} {m['true']:>10.3f} {m['share']:>12.1%} "
-                f"{interval:>31} {m['items_s']:>8.0f}"
+                f"{n:>8} {seed:>5} {m['true']:>10.3f} {m['share']:>12.1%} {m['forced']:>9.1%} "
+                f"{m['audits']:>9.1%} {m['deferred']:>11.1%} {interval:>31} "
+                f"{m['items_s']:>8.0f} {os.getloadavg()[0]:>5.1f}"
             )
-        if seeds > 1:
-            mean_true = statistics.fmean(m["true"] for m in got)
-            mean_share = statistics.fmean(m["share"] for m in got)
-            print(f"{n:>8} {'mean':>5} {mean_true:>10.3f} {mean_share:>12.1%}")
+    if seeds > 1:
+        for n, ms in got.items():
+            mean = {k: statistics.fmean(m[k] for m in ms) for k in ms[0]}
+            print(
+                f"{n:>8} {'mean':>5} {mean['true']:>10.3f} {mean['share']:>12.1%} "
+                f"{mean['forced']:>9.1%} {mean['audits']:>9.1%} {mean['deferred']:>11.1%}"
+            )
+    print("forced: warm-up and exploration (sent up whatever the cheap stage said)")
 
 
 # -- ray --------------------------------------------------------------------------------------
 
 
-def write_headlines(path: Path, n: int) -> None:
-    """HEADLINES repeated to ``n`` records (ids made unique per repeat)."""
+def write_headlines(path: Path, n: int, distinct: bool = False) -> None:
+    """HEADLINES repeated to ``n`` records (ids made unique per repeat; with ``distinct``,
+    the texts too: a repeat's texts end in its number, so no cache of texts helps)."""
     base = headlines()
     with path.open("w", encoding="utf-8") as f:
         for i in range(n):
             r = base[i % len(base)]
-            rec = {"id": f"{i // len(base)}-{r['id']}", "text": r["text"], "label": r["label"]}
+            k = i // len(base)
+            text = f"{r['text']} ({k})" if distinct and k else r["text"]
+            rec = {"id": f"{k}-{r['id']}", "text": text, "label": r["label"]}
             f.write(json.dumps(rec) + "\n")
 
 
@@ -347,6 +389,7 @@ def ray_batch(
     target: float,
     with_run: bool,
     repeats: int,
+    distinct: bool = False,
 ) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -358,7 +401,7 @@ def ray_batch(
     print(
         f"\nray: {n_items:,} HEADLINES records, hashed_ngram -> {embedding} -> label column, "
         f"target {target}, frozen after {learn:,} records, {per_part:,} records a partition, "
-        f"{repeats} round(s)"
+        f"{repeats} round(s)" + (", every text distinct" if distinct else "")
     )
     config = (
         "input: {id_field: id}\n"
@@ -382,7 +425,7 @@ def ray_batch(
         tmp = Path(tmp_name)
         cfg, inp = tmp / "batch.yaml", tmp / "in.jsonl"
         cfg.write_text(config)
-        write_headlines(inp, n_items)
+        write_headlines(inp, n_items, distinct)
         opts = {"learn_records": learn, "partition_records": per_part}
         first: pa.Table | None = None
         for r in range(repeats):
@@ -462,7 +505,19 @@ def main() -> None:
     ap.add_argument("--part", choices=parts, default="all")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--items", type=int, default=None, help="items (scaling, overhead, ray)")
-    ap.add_argument("--embedding", choices=["static_embedding", "embedding"], default=None)
+    ap.add_argument(
+        "--embedding",
+        "--stage",
+        choices=["static_embedding", "embedding"],
+        default=None,
+        help="ray: the second cheap stage (embedding: the MiniLM transformer)",
+    )
+    ap.add_argument(
+        "--distinct",
+        action="store_true",
+        help="ray: every text distinct (HEADLINES repeats end in their number): no text "
+        "cache helps, the transformer encodes every item it sees",
+    )
     ap.add_argument("--learn", type=int, default=5000, help="ray: records learned on")
     ap.add_argument("--partition-records", type=int, default=10_000)
     ap.add_argument("--no-run", action="store_true", help="ray: skip the `tiered run` row")
@@ -487,6 +542,7 @@ def main() -> None:
             a.target,
             not a.no_run,
             a.repeats,
+            a.distinct,
         )
 
 

@@ -225,6 +225,42 @@ def test_write_dedupe_and_ack_are_one_step(redis_url: str, r: redis.Redis) -> No
     assert ids == ["r0", "r1", "r2"]
 
 
+def test_answered_ids_are_remembered_for_done_keep_then_forgotten(r: redis.Redis) -> None:
+    sink = RedisStreamSink(r, "out", "out:done", done_keep_s=3600)
+
+    def write(*ids: str) -> int:
+        before = sink.written
+        sink.write([decision_row(i, "pos", "ngram", 0.9, 0.0, False, None) for i in ids])
+        return sink.written - before
+
+    def turn_over() -> None:  # as if done_keep had passed since the generation began
+        r.set("out:done:since", 1)
+
+    assert write("r0", "r1") == 2
+    turn_over()
+    assert write("r2") == 1
+    assert r.smembers("out:done") == {"r2"} and r.smembers("out:done:prev") == {"r0", "r1"}
+    assert write("r1", "r2") == 0  # remembered in either generation: not answered again
+    turn_over()
+    assert write("r3") == 1
+    assert r.smembers("out:done:prev") == {"r1", "r2"}  # r0 is forgotten ...
+    assert write("r0") == 1  # ... so the same id given again is answered again
+    assert r.xlen("out") == 5
+
+
+def test_done_keep_zero_remembers_every_id(r: redis.Redis) -> None:
+    sink = RedisStreamSink(r, "out", "out:done", done_keep_s=0)
+    for i in range(3):
+        r.set("out:done:since", 1)
+        sink.write([decision_row(f"r{i}", "pos", "ngram", 0.9, 0.0, False, None)])
+    assert r.scard("out:done") == 3 and not r.exists("out:done:prev")
+    url = parse_stream_url("redis://h:1/out?done_keep=0", role="output")
+    assert url.number("done_keep") == 0
+    assert parse_stream_url("redis://h:1/out", role="output").number("done_keep") == 7 * 86400
+    with pytest.raises(ConfigError, match="done_keep"):
+        parse_stream_url("redis://h:1/out?done_keep=soon", role="output")
+
+
 def test_rejected_entries_are_acknowledged_with_the_batch(redis_url: str, r: redis.Redis) -> None:
     r.xadd("in", {"id": "r0", "nothing": "here"})
     batch = next(_source(redis_url, "consumer=a").batches())

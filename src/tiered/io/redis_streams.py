@@ -25,6 +25,18 @@ workers, even when a worker is killed between writing and acknowledging (nothing
 acknowledged that is not written, and a second answer of the same id, by a worker that
 took over a slow one's entries, is dropped). The step may also count what it wrote in a
 hash (``tally``): the fleet's shared audit counters, exact for the same reason.
+
+**How long ids are remembered** (``done_keep``, seconds; 0: for ever). The done set is
+kept in two generations: ``DONE`` takes the ids answered now, ``DONE:prev`` the ones of
+the generation before, and every ``done_keep`` seconds (by the Redis server's clock,
+kept in ``DONE:since``) the current one becomes the previous one and the previous one is
+dropped. An id is remembered for at least ``done_keep`` seconds after its answer (and
+at most twice that), so memory holds about two generations of ids, not every id ever.
+Exactly once holds for answers less than ``done_keep`` apart, which covers every way a
+worker can answer an entry again (a slow worker finishing entries another one took over
+after ``claim_idle`` seconds, a restart's own pending entries: entries are acknowledged
+in the step that writes their answers, so none stays pending once answered). The same
+id *added to the input twice* more than ``done_keep`` apart is answered twice.
 """
 
 from __future__ import annotations
@@ -45,14 +57,33 @@ if TYPE_CHECKING:
     import redis
 
 # Append each row unless its key is in the done set (adding it), count what was written,
-# acknowledge the input entries: all in one atomic step.
-# KEYS: out stream, done set, input stream, tally hash (unused ones repeat KEYS[1]).
-# ARGV: group ("" = no ack), tally ("1"/"0"), n_rows, then per row: key, n_pairs,
-#       field/value pairs, n_counts, counter/increment pairs; then the entry ids to ack.
+# acknowledge the input entries: all in one atomic step. With keep_ms > 0, the done set
+# turns over every keep_ms (see the module docstring): the previous one is still asked.
+# KEYS: out stream, done set, input stream, tally hash (unused ones repeat KEYS[1]),
+#       previous done set, the current one's start (server ms).
+# ARGV: group ("" = no ack), tally ("1"/"0"), n_rows, keep_ms, then per row: key,
+#       n_pairs, field/value pairs, n_counts, counter/increment pairs; then the entry ids
+#       to ack.
 _WRITE_ACK = """
-local i = 4
+local i = 5
 local written = 0
 local tally = ARGV[2] == '1'
+local keep = tonumber(ARGV[4])
+if keep > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local since = tonumber(redis.call('GET', KEYS[6]) or '0')
+  if since == 0 then
+    redis.call('SET', KEYS[6], now)
+  elseif now - since >= keep then
+    if redis.call('EXISTS', KEYS[2]) == 1 then
+      redis.call('RENAME', KEYS[2], KEYS[5])
+    else
+      redis.call('DEL', KEYS[5])
+    end
+    redis.call('SET', KEYS[6], now)
+  end
+end
 for _ = 1, tonumber(ARGV[3]) do
   local key = ARGV[i]
   local nf = tonumber(ARGV[i + 1])
@@ -61,7 +92,9 @@ for _ = 1, tonumber(ARGV[3]) do
   local nt = tonumber(ARGV[i])
   local counts = i + 1
   i = counts + 2 * nt
-  if redis.call('SADD', KEYS[2], key) == 1 then
+  local new = redis.call('SADD', KEYS[2], key) == 1
+  if new and keep > 0 then new = redis.call('SISMEMBER', KEYS[5], key) == 0 end
+  if new then
     redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, first + 2 * nf - 1))
     written = written + 1
     if tally then
@@ -90,6 +123,9 @@ return redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'CO
 
 Tally = Callable[[Mapping[str, Any]], Sequence[tuple[str, int]]]
 """The counters one written row adds to (name, increment)."""
+
+DONE_KEEP_S = 7 * 24 * 3600.0
+"""Seconds an answered id is remembered at least (``done_keep``; 0: for ever)."""
 
 
 def _text(value: Any) -> str:
@@ -138,19 +174,26 @@ class AtomicAppend:
         *,
         ack: tuple[str, str, Sequence[str]] | None = None,
         tally_key: str | None = None,
+        keep_s: float = DONE_KEEP_S,
     ) -> tuple[int, dict[str, int]]:
-        """Append ``(key, fields, counts)`` rows; acknowledge ``(stream, group, ids)``.
+        """Append ``(key, fields, counts)`` rows; acknowledge ``(stream, group, ids)``;
+        ``done`` remembers keys for ``keep_s`` seconds at least (0: for ever).
 
         Returns how many rows were new (appended) and the tally hash after the step.
         """
-        args: list[Any] = ["" if ack is None else ack[1], "1" if tally_key else "0", len(rows)]
+        keep_ms = max(int(keep_s * 1000), 0)
+        group = "" if ack is None else ack[1]
+        args: list[Any] = [group, "1" if tally_key else "0", len(rows), keep_ms]
         for key, fields, counts in rows:
             args += [key, len(fields) // 2, *fields, len(counts)]
             for name, inc in counts:
                 args += [name, inc]
         if ack is not None:
             args += list(ack[2])
-        keys = [stream, done, ack[0] if ack else stream, tally_key or stream]
+        keys = [
+            stream, done, ack[0] if ack else stream, tally_key or stream, f"{done}:prev",
+            f"{done}:since",
+        ]  # fmt: skip
         try:
             written, flat = self._script(keys=keys, args=args)
         except Exception as exc:
@@ -441,8 +484,9 @@ class RedisStreamSink:
     input entries listed in its ``upto`` position.
 
     ``tally`` maps a row to the counters it adds to ``tally_key`` (when written);
-    ``on_totals`` is handed the counters after every write. ``owns_client``: close the
-    client with the sink.
+    ``on_totals`` is handed the counters after every write. ``done_keep_s``: seconds a
+    written key is remembered at least (see the module docstring; 0: for ever).
+    ``owns_client``: close the client with the sink.
     """
 
     def __init__(
@@ -456,6 +500,7 @@ class RedisStreamSink:
         tally: Tally | None = None,
         tally_key: str | None = None,
         on_totals: Callable[[dict[str, int]], None] | None = None,
+        done_keep_s: float = DONE_KEEP_S,
         owns_client: bool = False,
     ) -> None:
         self.client = client
@@ -467,6 +512,7 @@ class RedisStreamSink:
         self.tally = tally
         self.tally_key = tally_key if tally is not None else None
         self.on_totals = on_totals
+        self.done_keep_s = done_keep_s
         self._append = AtomicAppend(client)
         self.written = 0
         self.duplicates = 0
@@ -483,8 +529,9 @@ class RedisStreamSink:
         ]
         ack = None if self.ack is None or not ids else (*self.ack, ids)
         written, totals = self._append(
-            self.stream, self.done, packed, ack=ack, tally_key=self.tally_key
-        )
+            self.stream, self.done, packed, ack=ack, tally_key=self.tally_key,
+            keep_s=self.done_keep_s,
+        )  # fmt: skip
         self.written += written
         self.duplicates += len(rows) - written
         if self.on_totals is not None and self.tally_key is not None:
@@ -499,6 +546,7 @@ class RedisStreamSink:
 
 
 __all__ = [
+    "DONE_KEEP_S",
     "AtomicAppend",
     "EntryBatch",
     "EntryReject",

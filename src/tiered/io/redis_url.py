@@ -13,9 +13,10 @@ parameter, and which ones a URL may carry depends on its role:
   entries before reporting an idle moment; ``start`` (``0``): where a new group starts,
   ``0`` the whole stream, ``$`` new entries only.
 - output URLs: ``done`` (default ``STREAM:done``): the set of input ids already answered
-  (exactly once); ``share`` (``1``; ``0``: this worker learns alone, sharing no labels,
-  counters or snapshots); ``snapshot_every`` (30): seconds between saves of the learned
-  state for workers that join later.
+  (exactly once); ``done_keep`` (604800, a week): seconds an answered id is remembered
+  at least (0: for ever; :mod:`tiered.io.redis_streams`); ``share`` (``1``; ``0``: this
+  worker learns alone, sharing no labels, counters or snapshots); ``snapshot_every``
+  (30): seconds between saves of the learned state for workers that join later.
 - both: ``db`` (0): the Redis database number.
 
 >>> u = parse_stream_url("redis://localhost:6379/in?group=g&consumer=w1", role="input")
@@ -50,7 +51,13 @@ _DEFAULTS: dict[Role, dict[str, str]] = {
         "start": "0",
         **_COMMON,
     },
-    "output": {"done": "", "share": "1", "snapshot_every": "30", **_COMMON},
+    "output": {
+        "done": "",
+        "done_keep": "604800",
+        "share": "1",
+        "snapshot_every": "30",
+        **_COMMON,
+    },
 }
 
 
@@ -204,7 +211,7 @@ def parse_stream_url(text: str, *, role: Role) -> StreamURL:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
     )
-    for name in ("claim_idle", "block", "snapshot_every"):
+    for name in ("claim_idle", "block", "snapshot_every", "done_keep"):
         if name in params:
             url.number(name)
     for name in ("deliveries", "db"):

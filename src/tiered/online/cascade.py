@@ -27,9 +27,9 @@ it was called (deferred, explored or audited).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,6 +52,24 @@ from tiered.online.head import (
     max_prob_from_features,
 )
 from tiered.online.label_buffer import LabelBuffer
+
+
+class StreamShare(Protocol):
+    """Other cascades answering the same stream (the workers of a fleet, see
+    :mod:`tiered.online.fleet`): warm-up and exploration count every worker's items, and
+    expert labels go both ways between batches."""
+
+    def claim(self, n: int) -> int:
+        """The stream position of the first of the next ``n`` items (after learning the
+        labels the others published since the last call)."""
+        ...
+
+    def shared(
+        self, items: Sequence[Item], decisions: Sequence[OnlineDecision], weights: np.ndarray
+    ) -> None:
+        """A batch just answered: its expert labels, each with its inverse probability
+        of having been asked for (``weights``), are for the others to learn."""
+        ...
 
 
 @dataclass
@@ -123,6 +141,9 @@ class OnlineCascade:
         self.refits = 0
         self.history: list[dict[str, Any]] = []
         self._since_history = 0
+        # set by a fleet: positions in the stream then count the other workers' items too
+        self.share: StreamShare | None = None
+        self._claimed_to = 0  # the position after the last batch claimed from the share
 
     @property
     def stage_names(self) -> list[str]:
@@ -133,17 +154,17 @@ class OnlineCascade:
     def process(self, items: Sequence[Item | str]) -> list[OnlineDecision]:
         """Answer ``items`` in stream order, learning as it goes (one expert call a batch)."""
         out: list[OnlineDecision] = []
-        for chunk in self._chunks(as_items(items)):
-            plan = self._plan(chunk)
+        for chunk, start in self._chunks(as_items(items)):
+            plan = self._plan(chunk, start)
             answers = self._call_expert_sync(plan)
-            out.extend(self._finish(plan, answers))
+            out.extend(self._finished(plan, answers))
         return out
 
     async def aprocess(self, items: Sequence[Item | str]) -> list[OnlineDecision]:
         """As :meth:`process`, awaiting the expert's ``apredict`` when it has one."""
         out: list[OnlineDecision] = []
-        for chunk in self._chunks(as_items(items)):
-            plan = self._plan(chunk)
+        for chunk, start in self._chunks(as_items(items)):
+            plan = self._plan(chunk, start)
             batch = [plan.items[i] for i in plan.expert_idx.tolist()]
             expert = self.expert.model
             if not batch:
@@ -152,25 +173,39 @@ class OnlineCascade:
                 answers = await expert.apredict(batch)
             else:
                 answers = self.expert.model.predict(batch)
-            out.extend(self._finish(plan, answers))
+            out.extend(self._finished(plan, answers))
         return out
 
-    def _chunks(self, items: list[Item]) -> list[list[Item]]:
-        """Split into batches; during warm-up, batches of ``refit_every`` so the stages
-        learn (and their heads see predictions) before the warm-up ends."""
+    @property
+    def position(self) -> int:
+        """The stream position of the next item: items answered so far, by this cascade
+        or, with a :class:`StreamShare`, by the whole fleet (as of the last batch)."""
+        return self.n_items if self.share is None else self._claimed_to
+
+    def _chunks(self, items: list[Item]) -> Iterator[tuple[list[Item], int]]:
+        """Batches, each with its first item's stream position; during warm-up, batches
+        of ``refit_every`` so the stages learn (and their heads see predictions) before
+        the warm-up ends."""
         cfg = self.config
-        chunks: list[list[Item]] = []
-        n = self.n_items
         i = 0
         while i < len(items):
+            n = self.position
             if n < cfg.warmup:
                 size = min(cfg.warmup - n, max(cfg.refit_every, 1), cfg.batch_size)
             else:
                 size = cfg.batch_size
-            chunks.append(items[i : i + size])
-            n += len(chunks[-1])
+            chunk = items[i : i + size]
+            if self.share is not None:
+                n = self.share.claim(len(chunk))
+                self._claimed_to = n + len(chunk)
+            yield chunk, n
             i += size
-        return chunks
+
+    def _finished(self, plan: _Plan, answers: AnswerBatch) -> list[OnlineDecision]:
+        decisions = self._finish(plan, answers)
+        if self.share is not None:
+            self.share.shared(plan.items, decisions, plan.label_weight)
+        return decisions
 
     def _call_expert_sync(self, plan: _Plan) -> AnswerBatch:
         if plan.expert_idx.size == 0:
@@ -180,15 +215,15 @@ class OnlineCascade:
     def exploration_rate(self, n: int | None = None) -> float:
         """P(item ``n`` of the stream is sent up anyway, once past the warm-up):
         ``max(beta**n, exploration_min)``."""
-        n = self.n_items if n is None else n
+        n = self.position if n is None else n
         cfg = self.config
         return float(max(cfg.exploration_beta**n, cfg.exploration_min))
 
-    def _plan(self, items: list[Item]) -> _Plan:
+    def _plan(self, items: list[Item], start: int) -> _Plan:
         cfg = self.config
         m = len(items)
         k_cheap = len(self.cheap)
-        pos = self.n_items + np.arange(m)
+        pos = start + np.arange(m)
         warm = pos < cfg.warmup
         rate = np.maximum(cfg.exploration_beta ** pos.astype(float), cfg.exploration_min)
         explore = ~warm & (self.rng.random(m) < rate)
@@ -235,8 +270,9 @@ class OnlineCascade:
         cheap_done = ~open_
         audited = cheap_done & (self.rng.random(m) < cfg.audit_rate)
         self._apply_cap(
-            forced & ~warm, open_, audited, scores, stage_labels, answered_by, labels, confidence
-        )
+            forced & ~warm, warm, open_, audited, scores, stage_labels, answered_by, labels,
+            confidence,
+        )  # fmt: skip
         expert_idx = np.flatnonzero((answered_by == k_cheap) | audited)
         # Items a cheap stage would answer reach the expert only by exploration or audit.
         p_label = rate + (1.0 - rate) * cfg.audit_rate
@@ -276,6 +312,7 @@ class OnlineCascade:
     def _apply_cap(
         self,
         explored: np.ndarray,
+        warm: np.ndarray,
         open_: np.ndarray,
         audited: np.ndarray,
         scores: np.ndarray,
@@ -304,7 +341,6 @@ class OnlineCascade:
         s = np.where(has_label, s, -1.0)
         best_stage = s.argmax(axis=1)
         best = s.max(axis=1)
-        warm = (self.n_items + np.arange(m)) < self.config.warmup
         droppable = open_ & has_label.any(axis=1) & ~warm
         # Exploration first, then surest deferrals; audits last.
         order = np.lexsort((-best, ~explored))
@@ -423,8 +459,7 @@ class OnlineCascade:
 
     def learn_labels(self, items: Sequence[Item], labels: Sequence[str]) -> None:
         """Expert labels got elsewhere (by another worker of a fleet): the cheap stages
-        learn from them as from their own. The deferral heads do not: they learn from
-        this cascade's own answers, whose features they score."""
+        learn from them as from their own (the heads do not: see ``fleet.learn_heads``)."""
         self._queue_labels(list(items), list(labels))
 
     def _queue_labels(self, items: list[Item], labels: list[str]) -> None:

@@ -76,6 +76,7 @@ def stream_endpoints(plan: RunPlan) -> Endpoints:
             tally=fleet.tally if fleet is not None else None,
             tally_key=fleet.keys.counters if fleet is not None else None,
             on_totals=fleet.on_totals if fleet is not None else None,
+            done_keep_s=out.number("done_keep"),
             owns_client=True,
         )
     except BaseException:

@@ -92,6 +92,7 @@ class SharedState:
             self.replica,
             identity,
             snapshot_every_s=self.url.snapshot_every_s,
+            learn_before=False,  # the cascade runs on the event loop: learn off it, after
         )
 
     def close(self) -> None:
