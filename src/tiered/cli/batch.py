@@ -181,39 +181,27 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def _print(console: Console, r: BatchResult) -> None:
-    from rich.table import Table
+    from tiered.runner.progress import summary_table
 
     s = r.summary
-    t = Table(title="tiered batch: summary", show_header=False, title_justify="left")
-    t.add_column("", style="bold")
-    t.add_column("")
-    rej = f"{s.rejects:,} rejected → {s.rejects_path}" if s.rejects else "0 rejected"
-    t.add_row("items", f"{s.items:,} answered of {s.records:,} records ({rej})")
-    t.add_row(
-        "partitions",
-        f"{r.partitions:,} in {s.output}: {r.written:,} written now, {r.done_before:,} before",
+    partitions = (
+        f"{r.partitions:,} in {s.output}: {r.written:,} written now, {r.done_before:,} before"
     )
-    t.add_row(
-        "expert share",
-        f"{100 * s.expert_share:.1f}% ({s.expert_calls:,} expert calls, {s.audits:,} audits)",
-    )
-    target = f", target {s.target:.3f}" if s.target is not None else ""
-    t.add_row("agreement (audited)", s.agreement_text() + target)
+    at_scale: list[tuple[str, str]] = []
     e = r.at_scale
     if e is not None and e.audits:
         below = s.target is not None and e.high < s.target
-        t.add_row(
+        at_scale.append((
             "  frozen, at scale",
             f"{e.agreement:.3f} [{e.low:.3f}, {e.high:.3f}] from {e.audits:,} audits"
             + (" [bold red]below the target[/]: learn on more records (--learn)" if below else ""),
-        )
-    if s.true_agreement is not None:
-        t.add_row("agreement (true)", f"{s.true_agreement:.3f} vs the expert's label on every item")
-    if s.accuracy is not None:
-        t.add_row("accuracy vs gold", f"{s.accuracy:.3f}")
-    saving = f", saving {100 * s.saving:.1f}%" if s.saving is not None else ""
-    t.add_row("USD", f"{s.usd_spent:.4g} spent vs {s.usd_expert_only:.4g} expert-only{saving}")
-    t.add_row("answered by", ", ".join(f"{k} {100 * v:.1f}%" for k, v in s.stage_share.items()))
+        ))  # fmt: skip
+    t = summary_table(
+        s,
+        "tiered batch: summary",
+        after_items=[("partitions", partitions)],
+        after_agreement=at_scale,
+    )
     learned = f"{r.learned_records:,} records" + (f" in {r.learn_s:.1f} s" if r.learn_s else "")
     t.add_row("learned on", learned)
     if r.apply_items:

@@ -6,11 +6,13 @@ A run reports to any :class:`RunView`; these are the ones the command line uses.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
+    from rich.table import Table
 
     from tiered.runner.counters import LearnerStats, RunCounters
     from tiered.runner.summary import RunSummary
@@ -98,21 +100,35 @@ def _usd(x: float) -> str:
     return f"${x:,.2f}" if x >= 1 else f"${x:.4g}"
 
 
-def print_summary(console: Console, s: RunSummary) -> None:
-    """The final summary table."""
+Row = tuple[str, str]
+
+
+def summary_table(
+    s: RunSummary,
+    title: str,
+    *,
+    after_items: Sequence[Row] = (),
+    after_agreement: Sequence[Row] = (),
+) -> Table:
+    """The rows every run's summary has (``tiered run``, ``tiered batch``), with a command's
+    own rows after the items and after the audited agreement."""
     from rich.table import Table
 
-    t = Table(title="tiered run: summary", show_header=False, title_justify="left")
+    t = Table(title=title, show_header=False, title_justify="left")
     t.add_column("", style="bold")
     t.add_column("")
     rej = f"{s.rejects:,} rejected → {s.rejects_path}" if s.rejects else "0 rejected"
     t.add_row("items", f"{s.items:,} answered of {s.records:,} records ({rej})")
+    for row in after_items:
+        t.add_row(*row)
     t.add_row(
         "expert share",
         f"{_pct(s.expert_share)} ({s.expert_calls:,} expert calls, {s.audits:,} of them audits)",
     )
     tgt = f", target {s.target:.3f}" if s.target is not None else ""
     t.add_row("agreement (audited)", s.agreement_text() + tgt)
+    for row in after_agreement:
+        t.add_row(*row)
     bound = s.bound_text()
     if bound is not None:
         t.add_row("agreement (anytime)", bound)
@@ -123,9 +139,15 @@ def print_summary(console: Console, s: RunSummary) -> None:
         t.add_row("accuracy vs gold", f"{s.accuracy:.3f}{extra}")
     saving = f", saving {_pct(s.saving)}" if s.saving is not None else ""
     t.add_row("USD", f"{_usd(s.usd_spent)} spent vs {_usd(s.usd_expert_only)} expert-only{saving}")
+    t.add_row("answered by", ", ".join(f"{k} {_pct(v)}" for k, v in s.stage_share.items()))
+    return t
+
+
+def print_summary(console: Console, s: RunSummary) -> None:
+    """The final summary table."""
+    t = summary_table(s, "tiered run: summary")
     rate = f"{s.items_per_s:,.0f}" if not math.isnan(s.items_per_s) else "-"
     t.add_row("wall time", f"{s.wall_s:,.1f} s ({rate} items/s)")
-    t.add_row("answered by", ", ".join(f"{k} {_pct(v)}" for k, v in s.stage_share.items()))
     if s.resumed_at is not None:
         t.add_row(
             "this session",
@@ -138,4 +160,4 @@ def print_summary(console: Console, s: RunSummary) -> None:
         console.print(alarm, style="bold red", markup=False, highlight=False)
 
 
-__all__ = ["RichProgress", "RunView", "print_summary"]
+__all__ = ["RichProgress", "RunView", "print_summary", "summary_table"]
