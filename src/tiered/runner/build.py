@@ -7,11 +7,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tiered.config.run import EXPERT_STAGE
-from tiered.errors import ConfigError
+from tiered.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from tiered.config.run import StageConfig
+    from tiered.core.answers import AnswerBatch
     from tiered.core.cascade import Stage
+    from tiered.core.items import Item
     from tiered.core.model import Model
     from tiered.core.spec import BuildContext
     from tiered.online import OnlineCascade
@@ -101,4 +105,14 @@ def build_cascade(plan: RunPlan, *, wrap_expert: ModelWrapper | None = None) -> 
     )
 
 
-__all__ = ["ModelWrapper", "RunCascade", "build_cascade"]
+def stage_answers(stage: Stage, items: Sequence[Item]) -> AnswerBatch:
+    """The stage's model's answers to ``items``; another count is a :class:`ModelError`."""
+    answers = stage.model.predict(items)
+    if len(answers) != len(items):
+        raise ModelError(
+            f"model of stage '{stage.name}' returned {len(answers)} answers for {len(items)}"
+        )
+    return answers
+
+
+__all__ = ["ModelWrapper", "RunCascade", "build_cascade", "stage_answers"]

@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tiered.errors import ConfigError, ModelError
+from tiered.errors import ConfigError
+from tiered.runner.build import stage_answers
 
 if TYPE_CHECKING:
     from tiered.calibrate.certify_labels import CertifiedLabels, Metric
@@ -371,12 +372,7 @@ class _Oracle:
         out: list[str | None] = []
         for j in range(0, idx.size, self.batch_size):
             part = idx[j : j + self.batch_size]
-            answers = self.stage.model.predict([self.items[i] for i in part.tolist()])
-            if len(answers) != part.size:
-                raise ModelError(
-                    f"expert '{self.stage.name}' returned {len(answers)} answers for "
-                    f"{part.size} items"
-                )
+            answers = stage_answers(self.stage, [self.items[i] for i in part.tolist()])
             self.cost[part] += self.stage.cost.cost(answers)
             self.labels[part] = np.array(answers.labels, dtype=object)
             out.extend(answers.labels)
@@ -412,11 +408,7 @@ def cheap_scores(
         idx = np.flatnonzero(open_)
         if idx.size == 0:
             break
-        answers = st.model.predict([items[i] for i in idx.tolist()])
-        if len(answers) != idx.size:
-            raise ModelError(
-                f"model of stage '{st.name}' returned {len(answers)} answers for {idx.size}"
-            )
+        answers = stage_answers(st, [items[i] for i in idx.tolist()])
         cost[idx] += st.cost.cost(answers)
         x = head_features(answers, cascade.trackers[k])
         p = np.where(answers.answered, max_prob_from_features(x), -np.inf)

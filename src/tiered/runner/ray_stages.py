@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tiered.config.run import EXPERT_STAGE, RunConfig
-from tiered.errors import ModelError, StoreError
+from tiered.errors import StoreError
 from tiered.online.head import AccuracyTracker, DeferralHead, head_features
+from tiered.runner.build import stage_answers
 from tiered.runner.ray_parts import FINAL, column, items_of, open_rows, with_columns
 from tiered.store.state import decode_state
 
@@ -145,11 +146,6 @@ def audit_draws(seed: int, part: np.ndarray, offset: np.ndarray) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def _check(stage: Stage, answers: AnswerBatch, n: int) -> None:
-    if len(answers) != n:
-        raise ModelError(f"model of stage '{stage.name}' returned {len(answers)} answers for {n}")
-
-
 class CheapStep:
     """Cheap stage ``k`` of the frozen cascade over a table (see the module docstring)."""
 
@@ -181,8 +177,7 @@ class CheapStep:
         rows = open_rows(table)
         if rows.size == 0:
             return table
-        answers = self.stage.model.predict(items_of(table, rows))
-        _check(self.stage, answers, rows.size)
+        answers = stage_answers(self.stage, items_of(table, rows))
         cost = column(table, "cost").astype(float)
         cost[rows] += self.stage.cost.cost(answers)
         x = head_features(answers, self.tracker)
@@ -219,8 +214,7 @@ class ExpertStep:
         need = np.flatnonzero(is_open | column(table, "_audit").astype(bool))
         cols: dict[str, Any] = {}
         if need.size:
-            answers = self.stage.model.predict(items_of(table, need))
-            _check(self.stage, answers, need.size)
+            answers = stage_answers(self.stage, items_of(table, need))
             paid = self.stage.cost.cost(answers)
             got = np.array(answers.labels, dtype=object)
             label = np.array(column(table, "label"), dtype=object)
