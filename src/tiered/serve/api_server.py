@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -267,10 +268,11 @@ class _HotRoutes:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # the router's POST routes (the completion endpoints), from one place
         self.routes = {
-            "/v1/chat/completions": create_chat_completion,
-            "/v1/completions": create_completion,
-            "/v1/classify": create_classification,
+            r.path: r.endpoint
+            for r in router.routes
+            if isinstance(r, APIRoute) and r.methods == {"POST"}
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
