@@ -36,7 +36,11 @@ Rows printed, per dataset:
 
 ``--floor`` adds the expert share a *fully supervised* hashed stage (learning every
 label) would need with a hindsight-optimal threshold: a bound no cascade with this stage
-can beat (with ``--static``, for the hashed + static stage too). Items/s are given by
+can beat (with ``--static``, for the hashed + static stage too), that floor plus the
+audits' share, and the *certified floor*: the least expert share at which the audits could
+certify the target at all (:func:`certified_share`), by a bound checked once at the end and
+by the anytime bound the controller holds: the gap to the floor plus audits is what a 95%
+promise costs on a stream this long, whatever the controller. Items/s are given by
 wall clock and by process CPU time (the machine may be shared; CPU time is the steadier
 figure).
 
@@ -71,6 +75,7 @@ from tiered.models.hashed_ngram import HashedNgramModel
 from tiered.models.hashed_static import HashedStaticModel
 from tiered.models.label_column import LabelColumn
 from tiered.online import OnlineCascade, OnlineConfig
+from tiered.online.confseq import disagreement_upper
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text"
 USD_PER_CALL = 0.002
@@ -340,18 +345,17 @@ def speed(runs: list[Result]) -> str:
     return f"{wall:,.0f} / {cpu:,.0f}"
 
 
-def supervised_floor(
+def supervised_outcomes(
     rows: list[Row],
-    targets: list[float],
     batch_size: int,
     make_model: Callable[[], LinearHeadModel] = HashedNgramModel,
-) -> list[float]:
-    """Expert share a *fully supervised* stage (default: hashed) would need, in hindsight.
+) -> tuple[np.ndarray, np.ndarray]:
+    """A *fully supervised* stage's top probability and correctness on every item.
 
-    The stage learns from every item's label right after answering it (more labels than
-    any cascade gets), and one threshold on its top probability, chosen knowing every
-    outcome, defers the least-confident items until the stream's agreement reaches each
-    target. No online cascade with this stage can expect to defer less.
+    The stage learns from every item's label right after answering it: more labels than
+    any cascade gets. One threshold on these confidences, chosen knowing every outcome
+    (:func:`hindsight_share`), is the floor no online cascade with this stage can expect
+    to beat.
     """
     items = make_items(rows)
     gold = np.array([y for _, _, y in rows], dtype=object)
@@ -373,8 +377,49 @@ def supervised_floor(
         old = rng.choice(i, size=min(i, 2 * len(batch)), replace=False).tolist() if i else []
         labels = [str(y) for y in gold[i : i + len(batch)]] + [str(gold[j]) for j in old]
         model.learn(batch + [items[j] for j in old], labels)
-    c, r = np.concatenate(conf), np.concatenate(right).astype(float)
-    return [hindsight_share(c, r, t) for t in targets]
+    return np.concatenate(conf), np.concatenate(right).astype(float)
+
+
+def one_look_bound(audited: int, unaudited: int, audit_rate: float, delta: float) -> int:
+    """The tightest bound on the disagreeing cheap answers ``T`` from the ``K`` audited
+    ones, valid at one pre-chosen moment: the largest ``t`` with
+    ``P(Binomial(t, a) <= K) > delta`` (no more than the unaudited answers allow)."""
+    from scipy.stats import binom
+
+    t = np.arange(audited, audited + unaudited + 1)
+    return int(t[binom.cdf(audited, t, audit_rate) > delta].max())
+
+
+def certified_share(
+    confidence: np.ndarray,
+    right: np.ndarray,
+    target: float,
+    audit_rate: float,
+    delta: float,
+    bound: Callable[[int, int, float, float], int],
+) -> float:
+    """Least expert share (deferrals and audits) at which the audits could certify the
+    target at all, with this stage's confidences and the threshold chosen in hindsight.
+
+    The audits find ``K ~ Binomial(T, a)`` of the ``T`` disagreeing cheap answers; taking
+    the median ``K`` (a certificate that succeeds half the time), the output's agreement
+    is certified when ``1 - (bound(K) - K) / n >= target``. ``bound`` is
+    :func:`one_look_bound` (checked once, at the end) or the anytime bound the online
+    controller holds (:func:`tiered.online.confseq.disagreement_upper`).
+    """
+    from scipy.stats import binom
+
+    n, a = len(confidence), audit_rate
+    order = np.argsort(-confidence, kind="stable")
+    wrong = np.concatenate([[0], np.cumsum(right[order] < 0.5)])  # T when answering k
+    answered = 0
+    for k in range(0, n + 1, max(1, n // 1000)):
+        t = int(wrong[k])
+        audited = int(binom.median(t, a)) if 0 < a < 1 else (t if a >= 1 else 0)
+        unaudited = round(k * (1.0 - a))
+        if 1.0 - (bound(audited, unaudited, a, delta) - audited) / n >= target:
+            answered = k
+    return 1.0 - answered / n + a * answered / n
 
 
 def pct(x: float) -> str:
@@ -503,11 +548,17 @@ def main(argv: list[str] | None = None) -> None:
             ]
             if args.static:
                 floors.append(("hashed n-gram + static embedding", HashedStaticModel))
+            delta, a = 1.0 - OnlineConfig().confidence, args.audit_rate
             for stage, make in floors:
-                shares = supervised_floor(rows, args.targets, args.batch_size, make)
-                floor_lines.append(
-                    f"| {name} | {stage} | " + " | ".join(pct(x) for x in shares) + " |"
-                )
+                c, r = supervised_outcomes(rows, args.batch_size, make)
+                for t in args.targets:
+                    share = hindsight_share(c, r, t)
+                    floor_lines.append(
+                        f"| {name} | {stage} | {t} | {pct(share)} "
+                        f"| {pct(share + a * (1.0 - share))} "
+                        f"| {pct(certified_share(c, r, t, a, delta, one_look_bound))} "
+                        f"| {pct(certified_share(c, r, t, a, delta, disagreement_upper))} |"
+                    )
     print(f"Control: {args.control}, audit rate {args.audit_rate:g}.")
     print("\n".join(lines))
     print()
@@ -525,10 +576,16 @@ def main(argv: list[str] | None = None) -> None:
         print()
         print(
             "Fully supervised hindsight floor (expert share needed if the stage learned every "
-            "label and one threshold were chosen knowing the outcomes):"
+            "label and one threshold were chosen knowing the outcomes); with the audits' "
+            "share; and the least share at which the audits could certify the target at "
+            f"{OnlineConfig().confidence:.0%} with that threshold (median audit count), by a "
+            "bound checked once at the end and by the controller's anytime bound:"
         )
-        print("| dataset | stage | " + " | ".join(f"target {t}" for t in args.targets) + " |")
-        print("|---|---|" + "---|" * len(args.targets))
+        print(
+            "| dataset | stage | target | floor | floor + audits | certified, one look "
+            "| certified, anytime |"
+        )
+        print("|---|---|---|---|---|---|---|")
         print("\n".join(floor_lines))
     if speed_lines:
         print()
