@@ -158,6 +158,26 @@ def test_smoothed_quality_keeps_each_models_mean_and_drops_outcome_noise() -> No
     assert np.array_equal(smoothed_quality(gv), gv.quality)
 
 
+def test_models_giving_the_same_answer_get_the_same_smoothed_chance() -> None:
+    log = make_log(240, 1)
+    log.answers[5, 0] = None  # a missing answer is never pooled with the others
+    log.quality[5, 0] = 0.0
+    view = LogView.of(log)
+    q = smoothed_quality(view)
+    codes = view.codes[view.best_extract()]
+    pairs = 0
+    for j in range(view.m):
+        for k in range(j + 1, view.m):
+            same = (codes[:, j] == codes[:, k]) & (codes[:, j] >= 0) & (codes[:, k] >= 0)
+            pairs += int(same.sum())
+            np.testing.assert_array_equal(q[same, j], q[same, k])
+    assert pairs > 200  # the log has plenty of shared answers
+    assert q[5, 0] == 0.0
+    # a different answer on the same row keeps its own estimate
+    differ = codes[:, 0] != codes[:, 3]
+    assert not np.array_equal(q[differ, 0], q[differ, 3])
+
+
 def test_fitted_numbers_of_a_smoothed_calibration_are_the_recorded_ones() -> None:
     log = make_log(240, 0)
     rec = calibrate_log(log, min_quality="top", settings=FAST)
