@@ -100,8 +100,8 @@ def _same_answer_same_chance(view: LogView, estimates: np.ndarray) -> np.ndarray
     row: one answer is right or wrong whoever gave it, so the recorded outcomes of equal
     answers are equal, and their estimates must be too. Left to each model's own fit, a
     cheap model agreeing with the top one was rated below it on the very rows where their
-    outcomes are the same (0.3–1 point on the chain logs), which made every cascade
-    accepting cheap answers look worse than it is."""
+    outcomes are the same (0.3–1 point on the chain logs): noise in every comparison of a
+    cascade with the top model, on rows where the two cannot differ."""
     codes = view.codes[view.best_extract()]
     valid = (codes >= 0) & view.answered
     same = (codes[:, :, None] == codes[:, None, :]) & valid[:, :, None] & valid[:, None, :]
