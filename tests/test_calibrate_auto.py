@@ -178,6 +178,16 @@ def test_models_giving_the_same_answer_get_the_same_smoothed_chance() -> None:
     assert not np.array_equal(q[differ, 0], q[differ, 3])
 
 
+def test_equal_answers_keep_their_own_chances_when_the_log_grades_them_apart() -> None:
+    # as code graded by tests: the same normalised text is sometimes right, sometimes not
+    log = make_log(240, 1)
+    same = np.flatnonzero(log.answers[:, 0] == log.answers[:, 3])[:20]
+    log.quality[same, 0] = 1.0 - log.quality[same, 3]
+    view = LogView.of(log)
+    q = smoothed_quality(view)
+    assert not np.array_equal(q[same, 0], q[same, 3])
+
+
 def test_fitted_numbers_of_a_smoothed_calibration_are_the_recorded_ones() -> None:
     log = make_log(240, 0)
     rec = calibrate_log(log, min_quality="top", settings=FAST)

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 STRENGTH = 1.0  # inverse L2 penalty of the logistic regressions (sklearn's C)
 STEPS = 50  # probabilities rounded to multiples of 1/STEPS
+# equal answers share one estimate unless more of their pairs than this differ in quality
+MAX_SPLIT = 0.01
 
 
 def _spread(name: str, values: np.ndarray) -> np.ndarray:
@@ -101,10 +103,17 @@ def _same_answer_same_chance(view: LogView, estimates: np.ndarray) -> np.ndarray
     answers are equal, and their estimates must be too. Left to each model's own fit, a
     cheap model agreeing with the top one was rated below it on the very rows where their
     outcomes are the same (0.3–1 point on the chain logs): noise in every comparison of a
-    cascade with the top model, on rows where the two cannot differ."""
+    cascade with the top model, on rows where the two cannot differ.
+
+    Only where the log bears it out: when more than ``MAX_SPLIT`` of the recorded pairs of
+    equal answers differ in quality (code graded by tests, compared as normalised text),
+    equal answers are not the same answer, and each model keeps its own estimate."""
     codes = view.codes[view.best_extract()]
     valid = (codes >= 0) & view.answered
     same = (codes[:, :, None] == codes[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    split = view.quality[:, :, None] != view.quality[:, None, :]
+    if (same & split).sum() > MAX_SPLIT * max(int(same.sum()) - int(valid.sum()), 1):
+        return estimates
     members = same.sum(axis=2)
     pooled = np.einsum("ijk,ik->ij", same, estimates) / np.maximum(members, 1)
     return np.where(members > 1, pooled, estimates)
@@ -151,4 +160,4 @@ def recorded(cal: Calibration, view: LogView) -> Calibration:
     )
 
 
-__all__ = ["STEPS", "STRENGTH", "features", "recorded", "smoothed", "smoothed_quality"]
+__all__ = ["MAX_SPLIT", "STEPS", "STRENGTH", "features", "recorded", "smoothed", "smoothed_quality"]
