@@ -21,8 +21,8 @@ Measured on the chain logs (``benchmarks/replay.py``, 5-fold outer CV, 2 draws, 
 logs only): at ``--min-quality top`` a mean relative cost of 0.774 at -0.57 points (worst
 -1.3) against 0.785 at -0.70 (worst -2.0) with 0/1 outcomes; the held-out error–cost area
 6.2% above the hindsight ceiling (7.3% before), below the plain grid on 9 of 10 logs (3).
-One estimate per answer (13 chain and RouterBench logs, 2 draws): 0.852 at -0.30 points (worst
--1.2) against 0.810 at -0.55 (worst -1.7) with one estimate per model.
+One estimate per answer (13 chain and RouterBench logs, 2 draws): 0.837 at -0.41 points
+against 0.810 at -0.55 with one estimate per model (worst -1.7 both).
 """
 
 from __future__ import annotations
