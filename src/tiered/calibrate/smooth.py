@@ -106,8 +106,9 @@ def _same_answer_same_chance(view: LogView, estimates: np.ndarray) -> np.ndarray
     cascade with the top model, on rows where the two cannot differ.
 
     Only where the log bears it out: when more than ``MAX_SPLIT`` of the recorded pairs of
-    equal answers differ in quality (code graded by tests, compared as normalised text),
-    equal answers are not the same answer, and each model keeps its own estimate."""
+    equal answers differ in quality (answers compared by an extracted part, such as code
+    compared by its final number but graded by tests), equal answers are not the same
+    answer, and each model keeps its own estimate."""
     codes = view.codes[view.best_extract()]
     valid = (codes >= 0) & view.answered
     same = (codes[:, :, None] == codes[:, None, :]) & valid[:, :, None] & valid[:, None, :]
