@@ -49,6 +49,7 @@ from tiered.online.head import (
     AccuracyTracker,
     DeferralHead,
     head_features,
+    learn_agreement,
     max_prob_from_features,
 )
 from tiered.online.label_buffer import LabelBuffer
@@ -451,11 +452,10 @@ class OnlineCascade:
             ran = rows[(plan.stage_labels[k][rows] != None) & plan.reached[k][rows]]  # noqa: E711
             if ran.size == 0:
                 continue
-            predicted = plan.stage_labels[k][ran]
-            correct = (predicted == expert_labels[ran]).astype(float)
-            self.heads[k].add(plan.features[k][ran], correct, plan.label_weight[ran])
-            self.trackers[k].update(predicted.tolist(), correct, plan.label_weight[ran])
-            self.heads[k].fit()
+            learn_agreement(
+                self.heads[k], self.trackers[k], plan.features[k][ran],
+                plan.stage_labels[k][ran], expert_labels[ran], plan.label_weight[ran],
+            )  # fmt: skip
 
     def learn_labels(self, items: Sequence[Item], labels: Sequence[str]) -> None:
         """Expert labels got elsewhere (by another worker of a fleet): the cheap stages

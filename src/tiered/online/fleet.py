@@ -55,7 +55,7 @@ import numpy as np
 from tiered.core.items import Item
 from tiered.errors import StoreError
 from tiered.online.audit import AgreementMeter
-from tiered.online.head import head_features
+from tiered.online.head import head_features, learn_agreement
 from tiered.store.state import decode_state, encode_state
 
 if TYPE_CHECKING:
@@ -178,10 +178,9 @@ def learn_heads(
         predicted = np.asarray(answers.labels, dtype=object)
         head = cascade.heads[k]
         if ok.any():
-            correct = (predicted[ok] == labels[idx[ok]]).astype(float)
-            head.add(x[ok], correct, w[idx[ok]])
-            cascade.trackers[k].update(predicted[ok].tolist(), correct, w[idx[ok]])
-            head.fit()
+            learn_agreement(
+                head, cascade.trackers[k], x[ok], predicted[ok], labels[idx[ok]], w[idx[ok]]
+            )
         p = np.where(ok, head.predict(x), 0.0)
         would[idx[ok & (p >= cascade.controller.threshold)]] = True
 

@@ -253,4 +253,25 @@ class DeferralHead:
         self.fitted = bool(state["fitted"])
 
 
-__all__ = ["AccuracyTracker", "DeferralHead", "head_features", "max_prob_from_features"]
+def learn_agreement(
+    head: DeferralHead,
+    tracker: AccuracyTracker,
+    features: np.ndarray,
+    predicted: np.ndarray,
+    expert: np.ndarray,
+    weights: np.ndarray,
+) -> None:
+    """One stage's head and tracker learn whether its answers agreed with the expert's."""
+    correct = (predicted == expert).astype(float)
+    head.add(features, correct, weights)
+    tracker.update(predicted.tolist(), correct, weights)
+    head.fit()
+
+
+__all__ = [
+    "AccuracyTracker",
+    "DeferralHead",
+    "head_features",
+    "learn_agreement",
+    "max_prob_from_features",
+]
