@@ -120,6 +120,15 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def duplicate_reject(
+    path: str, id_field: str | None, item_id: str, offset: int, line: int | None, raw: str
+) -> Reject:
+    """The reject of a record whose id an earlier record of the input had."""
+    why = f"duplicate id {_show(item_id)}: an earlier record has it (each id is answered once)"
+    where = str(DataError(why, path=path, line=line, field=id_field))
+    return Reject(offset, line, id_field, where, raw)
+
+
 def detect_format(path: str, format: str | None = None) -> SourceFormat:
     """The format of ``path``: ``format`` when given, else from the file extension."""
     if format is not None:
@@ -290,12 +299,8 @@ class FileSource:
         keep = [i for i in range(len(items)) if not dup[i]]
         for i in np.flatnonzero(dup):
             line, raw = where[i]
-            why = (
-                f"duplicate id {_show(items[i].id)}: an earlier record has it "
-                "(each id is answered once)"
-            )
-            bad = _Bad(self.fields.id_field, why)
-            rejects.append(self._reject(bad, offsets[i], line, raw))
+            idf = self.fields.id_field
+            rejects.append(duplicate_reject(self.name, idf, items[i].id, offsets[i], line, raw))
         rejects.sort(key=lambda r: r.offset)
         return SourceBatch(
             [items[i] for i in keep],
@@ -565,5 +570,6 @@ __all__ = [
     "SourceBatch",
     "SourceFormat",
     "detect_format",
+    "duplicate_reject",
     "open_source",
 ]

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tiered.core.items import Item
-from tiered.errors import DataError, StoreError
-from tiered.io.sources import FieldMap, open_source
+from tiered.errors import StoreError
+from tiered.io.sources import FieldMap, duplicate_reject, open_source
 from tiered.online.fleet import tally_row
 from tiered.runner.counters import RunCounters
 from tiered.runner.ray_plan import InputFile, OutDir, Partition, write_atomic
@@ -148,15 +148,9 @@ def _duplicate(item: Item, offset: int, f: InputFile, fields: FieldMap) -> dict[
     the record as read, for its raw text)."""
     idf = fields.id_field
     line = offset + 1 if f.format == "jsonl" else None  # CSV: a cell may span lines
-    why = f"duplicate id {item.id!r}: an earlier record has it (each id is answered once)"
     record: dict[str, Any] = {str(idf): item.id, fields.text_field: item.text, **item.fields}
-    return {
-        "offset": offset,
-        "line": line,
-        "field": idf,
-        "reason": str(DataError(why, path=f.name, line=line, field=idf)),
-        "raw": json.dumps(record, ensure_ascii=False, default=str),
-    }
+    raw = json.dumps(record, ensure_ascii=False, default=str)
+    return duplicate_reject(f.name, idf, item.id, offset, line, raw).to_json()
 
 
 def items_of(table: pa.Table, rows: np.ndarray) -> list[Item]:
