@@ -246,6 +246,12 @@ def _futile(
     return (need - s) * (best / size) > lookahead * saved
 
 
+def error_budget(target: float, n: int) -> int:
+    """The wrong labels an accuracy target ``T`` allows among ``n``: ``floor((1 - T) n)``
+    (with room for the float error of ``1 - T``)."""
+    return math.floor((1.0 - target) * n + 1e-9)
+
+
 def certify_labels(
     cheap_labels: Sequence[str | None] | np.ndarray,
     scores: Sequence[float] | np.ndarray,
@@ -283,7 +289,7 @@ def certify_labels(
     how = _Sampling(grid, batch, lookahead)
     if metric == "accuracy":
         ranked = order[~no_label[order]]
-        allowed_total = math.floor((1.0 - target) * n + 1e-9)
+        allowed_total = error_budget(target, n)
         pop = _Prefixes(ranked, lambda i: labels.values[i] != cheap[i], lambda size: allowed_total)
         size, bound = _search(pop, labels, delta, prior, rng, how)
         allowed: float = allowed_total
@@ -390,4 +396,10 @@ def _check(
         raise ConfigError("'grid' and 'batch' must be >= 1", field="grid")
 
 
-__all__ = ["CertifiedLabels", "certify_labels", "wor_lower_bound", "wor_upper_bound"]
+__all__ = [
+    "CertifiedLabels",
+    "certify_labels",
+    "error_budget",
+    "wor_lower_bound",
+    "wor_upper_bound",
+]

@@ -251,7 +251,7 @@ class CertifiedRun:
     def _label(
         self, rc: RunCascade, pairs: list[tuple[Item, str | None]], out: Sink
     ) -> CertifiedSummary:
-        from tiered.calibrate.certify_labels import CertifiedLabels, certify_labels
+        from tiered.calibrate.certify_labels import CertifiedLabels, certify_labels, error_budget
         from tiered.config.run import EXPERT_STAGE
         from tiered.io.sinks import decision_row
 
@@ -312,7 +312,7 @@ class CertifiedRun:
             for i in range(n)
         ]  # fmt: skip
         out.write(rows, None)
-        allowed = math.floor((1.0 - spec.target) * n + 1e-9)
+        allowed = error_budget(spec.target, n)
         cert = CertifiedLabels(
             labels=label.tolist(),
             oracle_called=asked,
@@ -351,9 +351,11 @@ class CertifiedRun:
 def rest_target(spec: CertifySpec, n: int, n_rest: int) -> float:
     """The target to certify the ``n_rest`` items outside the learning sample at, so the
     spec's target holds over all ``n`` (see the module docstring)."""
+    from tiered.calibrate.certify_labels import error_budget
+
     if spec.metric != "accuracy" or n_rest == n:
         return spec.target
-    budget = math.floor((1.0 - spec.target) * n + 1e-9)
+    budget = error_budget(spec.target, n)
     # at least half an item short of "all wrong": the certifier's targets are positive
     return max(1.0 - budget / n_rest, 0.5 / n_rest)
 
