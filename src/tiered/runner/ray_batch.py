@@ -85,7 +85,6 @@ if TYPE_CHECKING:
 # actors start, load their stage): not worth starting when this process would be done
 # sooner (a pipeline started is waited for to its end: Ray is never stopped under it)
 PIPELINE_START_S = 8.0
-KEEP_HELPING = True
 
 PartitionDone = Callable[[int, int], None]
 """Told (partitions done, partitions in all) after each partition is written."""
@@ -339,9 +338,7 @@ class BatchRun:
                         gather.add(table)
                     if feed.done and not (local and todo):
                         break
-                # once Ray answers, its pipeline has the CPUs (and this process's GIL)
-                helping = feed is None or feed.done or not feed.answered or KEEP_HELPING
-                if steps is not None and todo and helping:
+                if steps is not None and todo:
                     part = todo.pop()
                     if claim(str(out.path), part.index, self.session):
                         t = time.perf_counter()

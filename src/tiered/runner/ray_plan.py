@@ -501,7 +501,7 @@ def claim(outdir: str, index: int, session: str) -> bool:
     except FileExistsError:
         return False
     except OSError:
-        return True
+        pass  # ``outdir`` out of sight: take it (see above)
     return True
 
 

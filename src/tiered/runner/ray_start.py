@@ -115,7 +115,6 @@ class RayFeed:
         self._ds = ds
         self._closing = threading.Event()
         self.done = False
-        self.answered = 0  # tables with rows that came from Ray
         self._thread = threading.Thread(target=self._pull, name="tiered-ray-feed", daemon=True)
         self._thread.start()
 
@@ -139,7 +138,6 @@ class RayFeed:
             self.done = True
             raise item
         table: pa.Table = item
-        self.answered += table.num_rows > 0
         return table
 
     def next(self, timeout: float) -> pa.Table | None:
