@@ -349,14 +349,7 @@ def build_app(gateway: Gateway, *, close_on_shutdown: bool = True) -> FastAPI:
     app.state.serving_classify = OpenAIServingClassify(gateway)
     app.state.serving_models = OpenAIServingModels(gateway)
     app.include_router(router)
-    for exc_type in (
-        TieredError,
-        ValidationError,
-        RequestValidationError,
-        HTTPException,
-        ClientDisconnect,
-        Exception,
-    ):
+    for exc_type in (*_HANDLED, Exception):
         app.add_exception_handler(exc_type, _error_handler)
     app.add_middleware(_HotRoutes)  # first added: the innermost
     if gateway.tracer is not None:  # only then: no cost for a gateway without tracing

@@ -133,8 +133,6 @@ class GatewayMetrics:
         )
         self._alarms_seen: dict[str, int] = {}
         # label lookups cost microseconds each; hot paths reuse the children
-        self._request_children: dict[tuple[str, int], Counter] = {}
-        self._duration_children: dict[str, Histogram] = {}
         self._children: dict[tuple[object, ...], Any] = {}
 
     def _child(self, metric: M, *labels: str) -> M:
@@ -152,15 +150,8 @@ class GatewayMetrics:
             endpoint = "/v1/models/{model}"  # one label, whatever the model name
         else:
             endpoint = "other"
-        key = (endpoint, status)
-        counter = self._request_children.get(key)
-        if counter is None:
-            counter = self._request_children[key] = self.requests.labels(endpoint, str(status))
-        counter.inc()
-        hist = self._duration_children.get(endpoint)
-        if hist is None:
-            hist = self._duration_children[endpoint] = self.request_seconds.labels(endpoint)
-        hist.observe(seconds)
+        self._child(self.requests, endpoint, str(status)).inc()
+        self._child(self.request_seconds, endpoint).observe(seconds)
 
     def observe_result(self, cascade: str, result: CascadeResult) -> None:
         """Per-stage answers and deferrals of one cascade run."""
