@@ -40,8 +40,6 @@ from tiered.calibrate.families import Candidate, RuleFamily, default_families, n
 from tiered.errors import ConfigError
 from tiered.replay.view import LogView
 
-# A cascade's structure: (model, rule family) per non-final stage, then (final model, "").
-
 
 @dataclass(frozen=True, slots=True)
 class SearchSettings:
