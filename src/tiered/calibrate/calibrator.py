@@ -10,9 +10,14 @@ on the other folds, the structure's thresholds are set there for the objective (
 is scored on the held-out fold. The structure and margin with the best pooled held-out
 result that meets the objective (within ``cv_tolerance``) are then refit on every row.
 
-Whatever cross-validation prefers, the chosen point meets the objective on the rows it
-was fitted on; if no cascade does, a :class:`~tiered.errors.ConfigError` says what the
-best one reaches.
+Cross-validation may also aim up to two points *below* a quality target, and the chosen
+point then meets the target less that aim on the rows it was fitted on: when several
+models are close, the best one's quality on those rows overstates what it does on new
+rows (the winner's curse), so matching it exactly over-pays. A lower aim is kept only
+when its held-out quality, less a paired standard error, still meets the target. Whatever
+cross-validation prefers, the chosen point meets the objective (so lowered) on the fitted
+rows; if no cascade meets the target there, a :class:`~tiered.errors.ConfigError` says
+what the best one reaches.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ from tiered.replay.view import LogView
 _EPS = 1e-9
 # Extra quality the fold searches are asked for (objective: quality target).
 QUALITY_MARGINS = (0.0, 0.005, 0.01, 0.02)
+# Aims below the target the fold searches may also try, judged by the paired held-out test:
+# when several models are close, the best one's quality on the fitted rows overstates what
+# it does on new rows (the winner's curse), and asking the cascade to match it over-pays.
+LOWER_AIMS = (-0.005, -0.01, -0.02)
 # Share of the budget the fold searches may spend (objective: budget).
 BUDGET_SHARES = (1.0, 0.95, 0.9, 0.8, 0.7)
 
@@ -86,7 +95,7 @@ class CVReport:
 
     folds: int
     structure: str  # the chosen structure, e.g. "a[threshold:logprob] -> b"
-    margin: float  # extra quality asked of each fold, or the share of the budget spent
+    margin: float  # extra quality asked of each fold (< 0: below), or the budget share spent
     quality: float
     cost: float
     top_quality: float  # held-out quality of each training fold's best single model
@@ -95,7 +104,7 @@ class CVReport:
     tolerance: float
     structures_tried: int
     per_fold: list[dict[str, float]] = field(default_factory=list)
-    # pooled held-out (quality, cost) of every structure tried, at the smallest margin
+    # pooled held-out (quality, cost) of every structure tried, asking exactly the target
     held_out: dict[Structure, tuple[float, float]] = field(default_factory=dict, repr=False)
     min_saving: float = 0.0  # a cascade had to save this share of the baseline's cost
 
@@ -378,7 +387,7 @@ class _Session:
         if q_obj is not None:
             ref = q_obj.resolve(top_q) if q_obj.relative else q_obj.value
         budget_mode = objective.budget is not None
-        margins = BUDGET_SHARES if budget_mode else QUALITY_MARGINS
+        margins = BUDGET_SHARES if budget_mode else QUALITY_MARGINS + LOWER_AIMS
         targets = [_resolve(q_obj, f.top_quality) for f in runs]
         structures = self._candidates(objective, target)
         # the paired baseline: the single model that meets the target on each training fold
@@ -445,16 +454,20 @@ class _Session:
         self._check(objective, target)
         chosen = choose(result.frontier, target, objective.budget)
         cv = None
+        aim = target  # the quality the fitted rows must show
         if self.runs:
             cv, key, margin = self._cross_validate(objective, target)
             picked = _with_margin(result.structures.get(key, []), objective, target, margin)
+            if target is not None and objective.budget is None and margin < 0:
+                aim = target + margin
             if picked is not None:
                 # re-evaluate with the engine's rules: pooled sums are the search's numbers
                 out = evaluate_stages(view, picked.config.stage_refs(view.models))
                 chosen = Point(picked.config, out.mean_cost, out.mean_quality)
-        # the objective must hold on the fitted rows, whatever cross-validation preferred
+        # the objective must hold on the fitted rows (less an aim below it that the held-out
+        # test accepted), whatever cross-validation preferred
         if chosen is None or (
-            (target is not None and chosen.quality < target - _EPS)
+            (aim is not None and chosen.quality < aim - _EPS)
             or (objective.budget is not None and chosen.cost > objective.budget * (1 + 1e-12))
         ):
             chosen = choose(result.frontier, target, objective.budget)
