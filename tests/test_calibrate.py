@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from tiered.calibrate import (
     Candidate,
@@ -20,6 +21,7 @@ from tiered.calibrate import (
     search,
 )
 from tiered.calibrate.objective import Objective, parse_budget
+from tiered.cli.show import print_calibration
 from tiered.core.rules import (
     Agreement,
     AllOf,
@@ -179,8 +181,15 @@ def test_top_may_aim_below_a_best_model_that_wins_on_the_fitted_rows_by_luck(
     assert cal.chosen.quality >= cal.target + cv.margin - 1e-12
     assert cv.reference_quality is not None  # ... because held out it still meets the target
     assert cv.quality >= cv.reference_quality - cv.tolerance
+    # and says so where it shows the choice
+    console = Console(record=True, width=200)
+    print_calibration(console, cal)
+    assert "points below the target on the fitted log" in console.export_text()
     monkeypatch.setattr(calibrator, "LOWER_AIMS", ())
     exact = calibrate(log, min_quality="top", folds=5, settings=FAST)
+    console = Console(record=True, width=200)
+    print_calibration(console, exact)
+    assert "below the target" not in console.export_text()
     assert exact.chosen.quality >= exact.target - 1e-12
     assert cal.relative_cost < exact.relative_cost
 

@@ -114,6 +114,12 @@ def print_calibration(console: Console, cal: Calibration) -> None:
             f"{pct(cv.quality)} vs {pct(cv.top_quality)} for the best single model, relative "
             f"cost {cv.relative_cost:.3f}; {cv.structures_tried} structures tried"
         )
+        if cv.margin < 0 and cal.objective.budget is None and cv.reference_quality is not None:
+            console.print(
+                f"aimed {100 * -cv.margin:.1f} points below the target on the fitted log "
+                f"(the best model's quality there is partly luck): held out, the cascade "
+                f"reaches {pct(cv.quality)} against the target's {pct(cv.reference_quality)}"
+            )
     for note in cal.notes:
         console.print(f"[dim]note: {note}[/]")
 
