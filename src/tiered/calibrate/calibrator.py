@@ -573,6 +573,7 @@ def calibrate(
 
 __all__ = [
     "BUDGET_SHARES",
+    "LOWER_AIMS",
     "QUALITY_MARGINS",
     "CVReport",
     "Calibration",
