@@ -10,9 +10,10 @@ the first ``--uncertified-splits`` splits only, it is ten times slower) and cert
 (``confidence=0.95``, tolerance 0.005), at ``top``, ``top-0.01``, ``top-0.02`` and
 ``top*0.95``. The whole log stands for the distribution the half was drawn from: a
 *violation* is a chosen cascade whose quality on the whole log is below the target
-resolved there (relative targets against the model the calibrator named as top) less
-the tolerance. That is what a certificate promises. Relative cost is the cascade's mean
-cost over the named top model's, on the whole log. Also shown: the violation frequency
+resolved there (relative targets against the whole log's best model; a certificate's
+fallback, which claims only to be the best model of its half, against itself) less the
+tolerance. That is what a certificate promises. Relative cost is the cascade's mean
+cost over the whole log's best model's. Also shown: the violation frequency
 judged on the other half alone (new rows, but a finite sample whose own noise makes
 even a perfect cascade "violate" often), and the rows a log would need for the
 certificate to allow a cascade at ``top`` (median over splits of the certificate's
@@ -62,10 +63,16 @@ CONFIDENCE = 0.95
 def _outcome(
     cal: Calibration, full: LogView, other: LogView, target: str
 ) -> tuple[bool, bool, float]:
-    """(violates on the whole log, violates on the other half, relative cost)."""
+    """(violates on the whole log, violates on the other half, relative cost).
+
+    A relative target is judged against the whole log's best model (what ``top`` means),
+    except a certificate's fallback, which claims only to be the best model of the half it
+    saw and is judged against itself. Cost is relative to the whole log's best model."""
     q = Objective.make(target).min_quality
     assert q is not None
-    top = full.models.index(cal.top_model)
+    best = full.top()[0]
+    fallback = cal.certificate is not None and cal.certificate.fallback
+    top = full.models.index(cal.top_model) if fallback else best
     refs = cal.chosen.config.stage_refs(full.models)
     res = []
     for v in (full, other):
@@ -74,7 +81,7 @@ def _outcome(
         want = q.resolve(float(v.quality[:, top].mean()))
         res.append(quality < want - TOLERANCE - 1e-12)
     cost = float(evaluate_stages(full, refs).cost.mean())
-    return res[0], res[1], cost / float(full.cost[:, top].mean())
+    return res[0], res[1], cost / float(full.cost[:, best].mean())
 
 
 def _needed(needed: list[float], splits: int) -> str:

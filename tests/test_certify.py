@@ -15,14 +15,15 @@ import pytest
 from typer.testing import CliRunner
 
 from tiered.calibrate import SearchSettings
-from tiered.calibrate.certify import RowTest, certify, fixed_sequence
+from tiered.calibrate.certify import CertifySession, RowTest, certify, fixed_sequence
 from tiered.calibrate.certify_stats import betting_pvalue, binomial_pvalue, rows_needed
 from tiered.calibrate.families import ThresholdFamily
-from tiered.calibrate.objective import parse_min_quality
+from tiered.calibrate.objective import Objective, parse_min_quality
 from tiered.core.spec import CascadeSpec
 from tiered.errors import ConfigError
 from tiered.replay.log import ReplayLog
 from tiered.replay.synthetic import write_synthetic_log
+from tiered.replay.view import LogView
 
 DELTA = 0.05
 LOGS = 500
@@ -103,27 +104,40 @@ def test_betting_pvalue_is_valid_under_the_null_and_adapts_to_variance() -> None
     assert betting_pvalue(scale(need // 2), -0.005, -1.0, 1.0) > DELTA
 
 
-def _log(n: int, seed: int = 0) -> ReplayLog:
-    pop = _population(n, seed)
-    quality = np.stack([pop["cheap"], pop["top"]], axis=1)
+def _replay_log(
+    quality: np.ndarray, prices: list[float], logprob: np.ndarray, seed: int
+) -> ReplayLog:
+    """A log of the given 0/1 qualities (a column per model, named by ``_MODELS``), the
+    first model's log-prob as its only signal."""
+    n, m = quality.shape
     gold = np.random.default_rng(seed).integers(0, 4, n)
     answers = np.where(quality > 0, gold[:, None], (gold[:, None] + 1) % 4).astype(str)
-    logprob = -np.log1p(np.exp(-pop["conf"]))
+    signal = np.full((n, m), np.nan)
+    signal[:, 0] = logprob
     return ReplayLog(
         ids=[f"q{i}" for i in range(n)],
-        models=["cheap", "top"],
-        present=np.ones((n, 2), dtype=bool),
+        models=list(_MODELS[m]),
+        present=np.ones((n, m), dtype=bool),
         quality=quality,
-        cost=np.tile([1e-6, 1e-4], (n, 1)),
-        latency_ms=np.full((n, 2), 1.0),
+        cost=np.tile(prices, (n, 1)),
+        latency_ms=np.full((n, m), 1.0),
         answers=np.asarray(answers, dtype=object),
-        signals={"logprob": np.stack([logprob, np.full(n, np.nan)], axis=1)},
+        signals={"logprob": signal},
         samples=None,
         tasks=["t"] * n,
         inputs=[f"q{i}" for i in range(n)],
         references=[None] * n,
         path="made-in-test.jsonl",
     )
+
+
+_MODELS = {2: ("cheap", "top"), 3: ("cheap", "a", "b")}
+
+
+def _log(n: int, seed: int = 0) -> ReplayLog:
+    pop = _population(n, seed)
+    quality = np.stack([pop["cheap"], pop["top"]], axis=1)
+    return _replay_log(quality, [1e-6, 1e-4], -np.log1p(np.exp(-pop["conf"])), seed)
 
 
 FAST = SearchSettings(max_stages=2, never_moves=False, refine_rounds=1)
@@ -139,9 +153,11 @@ def test_a_large_log_certifies_a_cheaper_cascade_and_says_so(tmp_path: Path) -> 
     assert cert is not None and cert.certified and not cert.fallback
     assert cal.chosen.stages == ["cheap", "top"] and cal.relative_cost < 0.9
     assert cert.rows_fit + cert.rows_certify == 6000 and cert.reference_model == "top"
+    assert cert.models_compared == 2
     assert cert.statement() == (
-        "quality >= quality of top - 0.02 - 0.005 with 95% confidence (paired with top on "
-        f"the same rows), certified on {cert.rows_certify:,} rows"
+        "quality >= quality of the best model - 0.02 - 0.005 with 95% confidence (paired "
+        "with each of the log's 2 models on the same rows; the best on this log: top), "
+        f"certified on {cert.rows_certify:,} rows"
     )
     # the estimate on the certification rows clears the promised bound
     assert cert.estimate > cert.bound and cert.p_value is not None and cert.p_value <= 0.05
@@ -157,6 +173,44 @@ def test_a_small_log_falls_back_to_the_top_model_and_says_how_many_rows_would_do
     assert cal.chosen.stages == ["top"]
     assert "top alone is the answer" in cert.statement()
     assert cert.rows_needed is not None and cert.rows_needed > 300
+
+
+def _tied_log(n: int, seed: int) -> ReplayLog:
+    """``a`` and ``b`` (four times dearer) right on the same rows but for a few: ``a`` on one
+    row more of the whole log, while a part of it may favour ``b``."""
+    pop = _population(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    a = pop["top"].copy()
+    b = a.copy()
+    k = n // 60
+    b[rng.choice(np.flatnonzero(a == 1), k + 1, replace=False)] = 0
+    b[rng.choice(np.flatnonzero(a == 0), k, replace=False)] = 1
+    quality = np.stack([pop["cheap"], a, b], axis=1)
+    return _replay_log(quality, [1e-6, 1e-4, 4e-4], -np.log1p(np.exp(-pop["conf"])), seed + 1)
+
+
+def test_a_relative_target_is_promised_against_every_model_not_the_fitting_part_best() -> None:
+    log = _tied_log(600, seed=0)
+    session = CertifySession(LogView.of(log), confidence=0.95, settings=FAST, families=_families)
+    assert session.view.models[session.top] == "b"  # the fitting rows favour the dearer twin
+    cal = session.decide(Objective.make("top-0.01"))
+    cert = cal.certificate
+    assert cert is not None and cert.reference_model == "a" and cert.models_compared == 3
+    assert cal.chosen.stages[-1] != "b"  # nothing falls back to (or ends in) the dearer twin
+    assert cal.top_model == "a" and cal.relative_cost <= 1.0 + 1e-9
+    assert "quality of the best model - 0.01 - 0.005" in cert.statement()
+
+
+def test_against_every_model_the_p_value_is_the_largest_of_the_paired_ones() -> None:
+    test = RowTest.of(parse_min_quality("top-0.01"), 0.005, binary=True)
+    rng = np.random.default_rng(3)
+    cascade = (rng.random(400) < 0.8).astype(float)
+    models = np.stack([(rng.random(400) < p).astype(float) for p in (0.5, 0.8, 0.83)], axis=1)
+    x = test.rows_each(cascade, models)
+    assert x.shape == (3, 400)
+    each = [test.pvalue(test.rows(cascade, models[:, j])) for j in range(3)]
+    assert test.pvalue(x) == max(each)
+    assert each[0] < 0.05 < max(each)  # far better than one model is not enough
 
 
 def test_an_unreachable_absolute_target_is_not_certified() -> None:
@@ -185,7 +239,8 @@ def test_cli_calibrate_certifies_and_inspect_shows_the_certificate(tmp_path: Pat
     args = ["calibrate", str(log), "-o", str(out), "--confidence", "0.9", "--max-stages", "2"]
     res = runner.invoke(app, [*args, "--min-quality", "top*0.9"])
     assert res.exit_code == 0, res.output
-    assert "certificate:" in res.output and "90% confidence" in res.output
+    said = " ".join(res.output.split())  # the console wraps long lines
+    assert "certificate:" in said and "90% confidence" in said
     shown = runner.invoke(app, ["inspect", str(out)])
     assert shown.exit_code == 0 and "certificate: " in shown.output
     bad = runner.invoke(app, [*args, "--budget", "0.001"])

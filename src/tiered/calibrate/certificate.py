@@ -12,16 +12,19 @@ from typing import Any
 class Certificate:
     """What was certified, on how many rows, and how (see the module docstring).
 
-    - ``target``: the ``min_quality`` text; ``reference_model``: the best single model of
-      the fitting rows, which a relative target is measured against.
+    - ``target``: the ``min_quality`` text; ``reference_model``: the log's best single
+      model. A relative target is tested against each of the log's ``models_compared``
+      models on the same rows, so it promises "as good as the best of them" (less the
+      target's slack), whichever that is; the log's best is named as the likely one.
     - ``certified``: the chosen cascade passed its test. ``fallback``: nothing cheaper
       than the best single model passed, so it alone is the answer (for a relative target
-      it meets the promise by definition; for an absolute one ``certified`` says whether
-      it was shown to).
+      it is what the target is relative to; for an absolute one ``certified`` says whether
+      it was shown to meet it).
     - ``bound``: the promised quality (absolute targets), or the promised difference to
-      the reference model's quality (``top``/``top-x``: ``-x - tolerance``;
-      ``top*c``: the difference to ``c`` times its quality, ``-tolerance``).
-    - ``estimate``: that statistic on the certification rows (the chosen cascade's).
+      each model's quality (``top``/``top-x``: ``-x - tolerance``; ``top*c``: the
+      difference to ``c`` times its quality, ``-tolerance``).
+    - ``estimate``: that statistic on the certification rows (the chosen cascade's,
+      against the model it is closest to failing on).
     - ``rows_needed``: when the fallback was chosen, about how many log rows would let a
       cheaper cascade be certified (``None`` otherwise; ``inf`` when none looks able to).
     """
@@ -44,6 +47,7 @@ class Certificate:
     candidates: int
     tested: int
     rows_needed: float | None
+    models_compared: int = 0  # a relative target: the models it was tested against
 
     @property
     def relative(self) -> bool:
@@ -54,7 +58,11 @@ class Certificate:
         eps = f"{self.tolerance:g}"
         if self.kind == "absolute":
             return f"quality >= {self.value:g} - {eps}"
-        ref = f"quality of {self.reference_model}"
+        ref = (
+            f"quality of {self.reference_model}"
+            if self.models_compared <= 1
+            else "quality of the best model"
+        )
         if self.kind == "top*":
             return f"quality >= {self.value:g} x {ref} - {eps}"
         less = f" - {self.value:g}" if self.value > 0 else ""
@@ -64,7 +72,14 @@ class Certificate:
         """One sentence for the user (the cascade file and ``tiered inspect`` show it)."""
         conf = f"{100 * self.confidence:g}% confidence"
         rows = f"{self.rows_certify:,} rows"
-        paired = f" (paired with {self.reference_model} on the same rows)" if self.relative else ""
+        paired = ""
+        if self.relative and self.models_compared > 1:
+            paired = (
+                f" (paired with each of the log's {self.models_compared} models on the same "
+                f"rows; the best on this log: {self.reference_model})"
+            )
+        elif self.relative:
+            paired = f" (paired with {self.reference_model} on the same rows)"
         if self.certified and not self.fallback:
             return f"{self.promise()} with {conf}{paired}, certified on {rows}"
         need = ""

@@ -12,20 +12,26 @@ quality target a guarantee with *Learn then Test* (Angelopoulos et al., 2021):
    against the null "its quality is below the target less ``tolerance``"
    (:mod:`tiered.calibrate.certify_stats`): an exact binomial test for an absolute
    target on 0/1 quality; for ``top``, ``top-x`` and ``top*c`` a *paired* test on the
-   per-row difference ``q_cascade - q_top`` (``- c q_top``) with the best single model of
-   the fitting part, by betting; the betting test too for scores in [0, 1]. The first
-   candidate that fails stops the sequence (*fixed-sequence testing*): every candidate
-   before it is certified, and the cheapest of them is chosen.
+   per-row difference ``q_cascade - q_j`` (``- c q_j``) with *every* model ``j`` of the
+   log, by betting, passed only when it passes against each of them (an
+   intersection–union test: no correction is needed, and the promise is against the
+   best model whichever it is, not against one picked on a few rows); the betting test
+   too for scores in [0, 1]. The first candidate that fails stops the sequence
+   (*fixed-sequence testing*): every candidate before it is certified, and the cheapest
+   of them is chosen.
 
 **The promise.** If the log's rows are exchangeable with the data the cascade will see
 (i.i.d. draws from one distribution), then with probability at least ``confidence``
 over the draw of the log, the chosen cascade's expected quality on that distribution is
-at least the target less ``tolerance`` (a relative target: at least that much below the
-named top model's, on the same data). Testing in a fixed order spends the whole error
-budget on the first false claim, so there is no multiplicity correction to pay.
+at least the target less ``tolerance`` (a relative target: at least that much below
+every model's, on the same data, so below the best one's). Testing in a fixed order
+spends the whole error budget on the first false claim, so there is no multiplicity
+correction to pay.
 
-When no candidate cheaper than the best single model is certified, the best single
-model alone is the answer (a relative target holds for it by definition) and
+The candidates are the frontier's cascades cheaper than the fitting part's best model.
+When none is certified (or the log's best single model is cheaper than those that are),
+the log's best single model alone is the answer (the model a relative target is
+relative to) and
 :attr:`Certificate.rows_needed` estimates how many rows a log would need for a cheaper
 cascade to pass, from the certification rows' own statistics.
 """
@@ -86,13 +92,30 @@ class RowTest:
             return np.asarray(cascade - top, dtype=float)
         return np.asarray(cascade - self.target.value * top, dtype=float)
 
+    def rows_each(self, cascade: np.ndarray, models: np.ndarray) -> np.ndarray:
+        """``X`` against each model: one row per column of ``models`` (``(n, m)``
+        qualities); an absolute target has no reference, so its one row."""
+        if self.target.kind == "absolute":
+            return cascade
+        return np.stack([self.rows(cascade, models[:, j]) for j in range(models.shape[1])])
+
     def pvalue(self, x: np.ndarray) -> float:
+        if x.ndim == 2:
+            # paired with every model: the claim "at least as good as each of them, less the
+            # target's slack" fails if it fails for one, so its p-value is the largest
+            # (an intersection-union test: valid at the same level, nothing to correct)
+            return max(self.pvalue(row) for row in x)
         if self.binary:
             return binomial_pvalue(round(float(x.sum())), len(x), self.mu0)
         return betting_pvalue(x, self.mu0, self.lo, self.hi)
 
     def rows_needed(self, x: np.ndarray, delta: float) -> float:
-        return rows_needed(x, self.mu0, self.lo, delta, binary=self.binary)
+        return rows_needed(binding(x), self.mu0, self.lo, delta, binary=self.binary)
+
+
+def binding(x: np.ndarray) -> np.ndarray:
+    """The row of ``X`` (one per model) the claim is closest to failing on."""
+    return x[int(np.argmin(x.mean(axis=1)))] if x.ndim == 2 else x
 
 
 def fixed_sequence(candidates: Iterable[np.ndarray], test: RowTest, delta: float) -> list[float]:
@@ -140,7 +163,10 @@ class CertifySession:
         self.fit = view.take(np.sort(order[:n_fit]))
         self.cert = view.take(np.sort(order[n_fit:]))
         self.result = search(self.fit, (families or default_families)(self.fit), settings)
+        # the candidates are cheaper than the fitting part's best model (fixed before the
+        # certification rows are looked at); the answer when none passes is the log's best
         self.top, _, self.top_fit_cost = self.fit.top()
+        self.best = view.top()[0]
         q = self.cert.quality
         self.binary = bool(np.isin(q, (0.0, 1.0)).all())
         self._scored: dict[int, np.ndarray] = {}
@@ -179,30 +205,35 @@ class CertifySession:
             )
         test = RowTest.of(q, self.tolerance, self.binary)
         delta = 1.0 - self.confidence
-        top_q = self.cert.quality[:, self.top]
+        # a relative target is tested against every model, so it promises "as good as the
+        # best one", whichever that is (the fitting part's best may be a near-tie's dearer
+        # model, or a weaker one, on a small log)
+        refs = self.cert.quality
         cands = self.candidates(q)
-        rows = (test.rows(self._quality(p.config), top_q) for p in cands)  # lazily: stops early
+        rows = (test.rows_each(self._quality(p.config), refs) for p in cands)  # lazily
         passed = fixed_sequence(rows, test, delta)
         chosen = cands[len(passed) - 1] if passed else None
         p_chosen = passed[-1] if passed else None
         tested = min(len(passed) + 1, len(cands))
-        top_point = self.result.singles[self.top]
+        top_point = self.result.singles[self.best if q.relative else self.top]
+        if q.relative and chosen is not None and chosen.cost >= top_point.cost:
+            chosen = p_chosen = None  # the log's best model alone is cheaper
         fallback = chosen is None or chosen.config is top_point.config
         certified = chosen is not None or q.relative
         if chosen is None:
             chosen = top_point
-        x_chosen = test.rows(self._quality(chosen.config), top_q)
+        x_chosen = binding(test.rows_each(self._quality(chosen.config), refs))
         need: float | None = None
         if fallback:
             # what would let a cheaper cascade pass (or, uncertified, the top model itself)
-            need = self._rows_needed(test, cands, delta, top_too=not certified)
+            need = self._rows_needed(test, cands, refs, delta, top_too=not certified)
         cert = Certificate(
             target=q.text,
             kind=q.kind,
             value=q.value,
             confidence=self.confidence,
             tolerance=self.tolerance,
-            reference_model=self.view.models[self.top],
+            reference_model=self.view.models[top_point.config.final],
             certified=certified,
             fallback=fallback,
             bound=test.mu0,
@@ -215,11 +246,12 @@ class CertifySession:
             candidates=len(cands),
             tested=tested,
             rows_needed=need,
+            models_compared=self.view.m if q.relative else 0,
         )
         return self._calibration(objective, chosen, cert, time.perf_counter() - started)
 
     def _rows_needed(
-        self, test: RowTest, cands: list[Point], delta: float, *, top_too: bool
+        self, test: RowTest, cands: list[Point], refs: np.ndarray, delta: float, *, top_too: bool
     ) -> float:
         """Log rows at which the most promising candidate cheaper than the top model (or
         the top model too) would pass, were the certification rows' statistics to hold
@@ -229,7 +261,7 @@ class CertifySession:
         for p in cands:
             if not (self._cheaper(p) or (top_too and p.config.key == alone)):
                 continue
-            x = test.rows(self._quality(p.config), self.cert.quality[:, self.top])
+            x = test.rows_each(self._quality(p.config), refs)
             best = min(best, test.rows_needed(x, delta))
         share = self.cert.n / self.view.n
         return best / share if math.isfinite(best) else math.inf
@@ -244,8 +276,8 @@ class CertifySession:
         # fitted ones: refitting on all rows would void the certificate)
         out = evaluate_stages(view, chosen.config.stage_refs(view.models))
         on_all = Point(chosen.config, out.mean_cost, out.mean_quality)
-        top_q = float(view.quality[:, self.top].mean())
-        top_c = float(view.cost[:, self.top].mean())
+        top_q = float(view.quality[:, self.best].mean())
+        top_c = float(view.cost[:, self.best].mean())
         log = view.log if view.n == len(view.log) else view.log.subset(view.rows)
         oracle = oracle_bound(log)
         assert objective.min_quality is not None
@@ -255,7 +287,7 @@ class CertifySession:
             frontier=[_point(self.fit, p) for p in self.result.frontier],
             chosen=_point(view, on_all),
             singles=[_point(self.fit, p) for p in self.result.singles],
-            top_model=view.models[self.top],
+            top_model=view.models[self.best],
             top_quality=top_q,
             top_cost=top_c,
             oracle_quality=oracle.quality,
