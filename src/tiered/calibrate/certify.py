@@ -185,8 +185,9 @@ class CertifySession:
         return p.cost < self.top_fit_cost * (1.0 - 1e-9)
 
     def candidates(self, q: QualityTarget) -> list[Point]:
-        """The fixed sequence: most expensive first. A relative target's fallback (the top
-        model alone) needs no test, so only cheaper cascades are candidates."""
+        """The fixed sequence: most expensive first. For a relative target, the cascades
+        cheaper than the fitting part's best model (chosen before the certification rows
+        are read; the answer when none passes is the log's best model, untested)."""
         alone = self.result.singles[self.top].config
         pts = [p for p in self.result.frontier if p.config.key != alone.key]
         if q.relative:
