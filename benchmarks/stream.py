@@ -68,6 +68,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import binom
 
 from tiered.core import AnswerBatch, FixedCost, Item, Stage
 from tiered.models._linear import LinearHeadModel
@@ -384,8 +385,6 @@ def one_look_bound(audited: int, unaudited: int, audit_rate: float, delta: float
     """The tightest bound on the disagreeing cheap answers ``T`` from the ``K`` audited
     ones, valid at one pre-chosen moment: the largest ``t`` with
     ``P(Binomial(t, a) <= K) > delta`` (no more than the unaudited answers allow)."""
-    from scipy.stats import binom
-
     t = np.arange(audited, audited + unaudited + 1)
     return int(t[binom.cdf(audited, t, audit_rate) > delta].max())
 
@@ -407,8 +406,6 @@ def certified_share(
     :func:`one_look_bound` (checked once, at the end) or the anytime bound the online
     controller holds (:func:`tiered.online.confseq.disagreement_upper`).
     """
-    from scipy.stats import binom
-
     n, a = len(confidence), audit_rate
     order = np.argsort(-confidence, kind="stable")
     wrong = np.concatenate([[0], np.cumsum(right[order] < 0.5)])  # T when answering k

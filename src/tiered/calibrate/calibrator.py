@@ -458,7 +458,7 @@ class _Session:
         if self.runs:
             cv, key, margin = self._cross_validate(objective, target)
             picked = _with_margin(result.structures.get(key, []), objective, target, margin)
-            if target is not None and objective.budget is None and margin < 0:
+            if target is not None and margin < 0:  # a lower aim (budgets spend shares >= 0)
                 aim = target + margin
             if picked is not None:
                 # re-evaluate with the engine's rules: pooled sums are the search's numbers
