@@ -12,8 +12,9 @@ from typing import Any
 class Certificate:
     """What was certified, on how many rows, and how (see the module docstring).
 
-    - ``target``: the ``min_quality`` text; ``reference_model``: the log's best single
-      model. A relative target is tested against each of the log's ``models_compared``
+    - ``target``: the ``min_quality`` text; ``reference_model``: the fallback model, for a
+      relative target the log's best single model (for an absolute one, the fitting part's
+      best). A relative target is tested against each of the log's ``models_compared``
       models on the same rows, so it promises "as good as the best of them" (less the
       target's slack), whichever that is; the log's best is named as the likely one.
     - ``certified``: the chosen cascade passed its test. ``fallback``: nothing cheaper
